@@ -1,0 +1,188 @@
+"""Settings: profiles, environment overrides and per-job-type defaults.
+
+A value comes from, in rising precedence: the built-in default, the profile
+(``--profile`` or ``JOBVISOR_PROFILE``), the environment variables below, then keyword
+arguments given in code or on the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobvisor.errors import ConfigError
+
+# Memory (MB) and CPU (% of one core) reserved for one running job, by requirement level.
+MEMORY_LEVELS_MB = {"low": 50, "medium": 100, "high": 200}
+CPU_LEVELS_PERCENT = {"low": 10, "medium": 20, "high": 30}
+
+# Concurrency limit per job type; a type not listed here gets DEFAULT_TYPE_CONCURRENCY.
+TYPE_CONCURRENCY = {
+    "storybook": 2,
+    "auto-story": 2,
+    "scenes": 3,
+    "cartoonize": 5,
+    "image-generation": 5,
+}
+DEFAULT_TYPE_CONCURRENCY = 1
+
+# Base priority per job type; a type not listed here gets DEFAULT_TYPE_PRIORITY.
+TYPE_PRIORITY = {
+    "auto-story": 3,
+    "storybook": 2,
+    "scenes": 2,
+    "cartoonize": 1,
+    "image-generation": 1,
+}
+DEFAULT_TYPE_PRIORITY = 0
+PRIORITY_MIN = -10
+PRIORITY_MAX = 10
+
+# Deployment profiles: MAX_CONCURRENT_JOBS, MAX_JOBS_PER_USER, JOB_PROCESSING_INTERVAL (ms).
+PROFILES: dict[str, dict[str, int]] = {
+    "development": {"max_concurrent_jobs": 2, "max_jobs_per_user": 3, "poll_interval_ms": 10_000},
+    "staging": {"max_concurrent_jobs": 3, "max_jobs_per_user": 5, "poll_interval_ms": 15_000},
+    "production-small": {"max_concurrent_jobs": 5, "max_jobs_per_user": 5, "poll_interval_ms": 20_000},
+    "production-medium": {"max_concurrent_jobs": 10, "max_jobs_per_user": 10, "poll_interval_ms": 15_000},
+    "production-large": {"max_concurrent_jobs": 20, "max_jobs_per_user": 15, "poll_interval_ms": 10_000},
+}
+
+# Environment variable -> (settings field, parser). JOB_PROCESSING_INTERVAL is in milliseconds.
+ENVIRONMENT = {
+    "MAX_CONCURRENT_JOBS": "max_concurrent_jobs",
+    "MAX_JOBS_PER_USER": "max_jobs_per_user",
+    "JOB_PROCESSING_INTERVAL": "poll_interval_ms",
+    "JOB_MEMORY_LIMIT": "job_memory_limit_mb",
+    "JOB_CPU_LIMIT": "job_cpu_limit_percent",
+    "JOBVISOR_LEASE_SECONDS": "lease_seconds",
+    "JOBVISOR_DRAIN_TIMEOUT": "drain_timeout_s",
+    "JOBVISOR_MAX_PAYLOAD_BYTES": "max_payload_bytes",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Node-wide settings of a supervisor and its workers."""
+
+    profile: str | None = None
+    # Jobs running at once on this node, over all job types.
+    max_concurrent_jobs: int = 3
+    # Jobs of one user running at once.
+    max_jobs_per_user: int = 5
+    # Fallback poll interval of idle workers (ms); NOTIFY wakes them sooner.
+    poll_interval_ms: int = 10_000
+    # Memory budget of all running jobs (MB) and CPU budget (% of the machine).
+    job_memory_limit_mb: int = 512
+    job_cpu_limit_percent: int = 80
+    # A claimed job belongs to its worker until the lease expires; the supervisor renews the
+    # leases of its live children every lease_seconds / 3.
+    lease_seconds: float = 60.0
+    # On SIGTERM, running jobs get this long to finish before they are requeued.
+    drain_timeout_s: float = 30.0
+    # A handler past its timeout gets SIGALRM in its worker; this much later the supervisor
+    # kills the worker.
+    hard_timeout_grace_s: float = 10.0
+    # Restart policy: backoff doubles from restart_backoff_s up to restart_backoff_max_s; more
+    # than crash_loop_restarts crashes within crash_loop_window_s pause the type for
+    # crash_pause_s.
+    restart_backoff_s: float = 0.5
+    restart_backoff_max_s: float = 30.0
+    crash_loop_restarts: int = 5
+    crash_loop_window_s: float = 60.0
+    crash_pause_s: float = 300.0
+    # Jobs a worker takes per claim grow up to this while jobs are short (below
+    # short_job_s each), and fall back to one when they are not.
+    claim_batch_max: int = 100
+    short_job_s: float = 0.05
+    # Retry backoff of a failed job: retry_base_delay_s * 2**retry_count, capped, with jitter.
+    retry_base_delay_s: float = 1.0
+    retry_max_delay_s: float = 300.0
+    # Largest serialized input_data accepted by enqueue (bytes).
+    max_payload_bytes: int = 1_048_576
+    # Seconds between expired-lease sweeps.
+    lease_sweep_interval_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if item.name == "profile":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"setting {item.name} must be a number, got {value!r}")
+            if value <= 0:
+                raise ConfigError(f"setting {item.name} must be greater than 0, got {value!r}")
+        if self.profile is not None and self.profile not in PROFILES:
+            raise ConfigError(
+                f"unknown profile {self.profile!r}; choose one of {', '.join(PROFILES)}"
+            )
+
+    @property
+    def poll_interval_s(self) -> float:
+        return self.poll_interval_ms / 1000.0
+
+    @classmethod
+    def load(
+        cls,
+        profile: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Build settings from the profile, the environment and explicit overrides."""
+        environ = os.environ if environ is None else environ
+        profile = profile or environ.get("JOBVISOR_PROFILE") or None
+        values: dict[str, Any] = {}
+        if profile is not None:
+            if profile not in PROFILES:
+                raise ConfigError(
+                    f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}"
+                )
+            values.update(PROFILES[profile])
+        for variable, name in ENVIRONMENT.items():
+            raw = environ.get(variable)
+            if raw is None or raw.strip() == "":
+                continue
+            values[name] = _parse_number(variable, raw, _field_type(name))
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(profile=profile, **values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _field_type(name: str) -> type:
+    default = next(f.default for f in dataclasses.fields(Settings) if f.name == name)
+    return type(default)
+
+
+def _parse_number(variable: str, raw: str, kind: type) -> int | float:
+    try:
+        return kind(raw.strip())
+    except ValueError:
+        expected = "an integer" if kind is int else "a number"
+        raise ConfigError(f"environment variable {variable}={raw!r} is not {expected}") from None
+
+
+@dataclass(frozen=True)
+class JobType:
+    """A registered job type: its handler and how its jobs are run."""
+
+    name: str
+    handler: Any
+    memory: str = "low"
+    cpu: str = "low"
+    max_retries: int = 3
+    timeout: float = 600.0
+    concurrency: int = DEFAULT_TYPE_CONCURRENCY
+    priority: int = DEFAULT_TYPE_PRIORITY
+    services: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def memory_mb(self) -> int:
+        return MEMORY_LEVELS_MB[self.memory]
+
+    @property
+    def cpu_percent(self) -> int:
+        return CPU_LEVELS_PERCENT[self.cpu]

@@ -1,0 +1,1 @@
+"""PostgreSQL access: where the database is, connections, migrations and the job store."""

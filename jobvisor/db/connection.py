@@ -1,0 +1,56 @@
+"""Opening connections, and keeping them safe across ``fork()``.
+
+A forked child shares the parent's sockets. If the child closed an inherited connection,
+libpq would send the server a Terminate message on the parent's socket and end the parent's
+session. After a fork, the child therefore points every inherited connection's socket at
+/dev/null and keeps the connection objects alive until it exits, so that nothing it does can
+reach the parent's sessions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+logger = logging.getLogger(__name__)
+
+_open_connections: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
+_inherited: list[psycopg.Connection[Any]] = []
+
+
+def connect(dsn: str, *, application_name: str = "jobvisor", **kwargs: Any) -> psycopg.Connection[Any]:
+    """Open an autocommit connection that returns rows as dicts."""
+    conn = psycopg.connect(
+        dsn,
+        autocommit=True,
+        row_factory=dict_row,
+        application_name=application_name,
+        connect_timeout=10,
+        **kwargs,
+    )
+    _open_connections.add(conn)
+    return conn
+
+
+def _detach_inherited_connections() -> None:
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for conn in list(_open_connections):
+            if conn.closed:
+                continue
+            try:
+                os.dup2(devnull, conn.fileno())
+            except (OSError, psycopg.Error):
+                continue
+            _inherited.append(conn)
+    finally:
+        os.close(devnull)
+    _open_connections.clear()
+
+
+os.register_at_fork(after_in_child=_detach_inherited_connections)

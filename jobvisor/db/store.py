@@ -1,0 +1,215 @@
+"""The job store: every read and write of ``background_jobs`` goes through here."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from jobvisor.db.queries import query
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A validated job, ready to insert; ``input_data`` is already JSON text."""
+
+    type: str
+    input_data: str
+    user_id: str | None
+    user_type: str | None
+    priority: int
+    max_retries: int
+    delay_s: float
+
+
+@dataclass
+class ClaimedJob:
+    """A job that a worker holds under lease."""
+
+    id: int
+    type: str
+    input_data: Any
+    user_id: str | None
+    user_type: str | None
+    retry_count: int
+    max_retries: int
+    created_at: dt.datetime
+    run_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class TypeBacklog:
+    """What waits for one job type, as the supervisor sees it."""
+
+    type: str
+    due: int
+    next_run_at: dt.datetime | None
+    # Seconds from now (database clock) to next_run_at; negative when a job is due.
+    next_due_in_s: float | None
+    head_score: float | None
+
+
+class JobStore:
+    """Job operations over one connection in autocommit mode."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    # Producers
+
+    def enqueue(self, job: NewJob) -> int:
+        row = self.conn.execute(
+            query("enqueue_one"),
+            {
+                "type": job.type,
+                "input_data": job.input_data,
+                "user_id": job.user_id,
+                "user_type": job.user_type,
+                "priority": job.priority,
+                "max_retries": job.max_retries,
+                "delay": job.delay_s,
+            },
+        ).fetchone()
+        assert row is not None
+        return int(row["id"])
+
+    def enqueue_many(self, jobs: Sequence[NewJob]) -> list[int]:
+        if not jobs:
+            return []
+        rows = self.conn.execute(
+            query("enqueue_many"),
+            {
+                "types": [job.type for job in jobs],
+                "input_data": [job.input_data for job in jobs],
+                "user_ids": [job.user_id for job in jobs],
+                "user_types": [job.user_type for job in jobs],
+                "priorities": [job.priority for job in jobs],
+                "max_retries": [job.max_retries for job in jobs],
+                "delays": [job.delay_s for job in jobs],
+            },
+        ).fetchall()
+        return [int(row["id"]) for row in rows]
+
+    # Workers
+
+    def claim(
+        self, types: Sequence[str], worker: str, batch_size: int, lease_seconds: float
+    ) -> list[ClaimedJob]:
+        rows = self.conn.execute(
+            query("claim"),
+            {
+                "types": list(types),
+                "worker": worker,
+                "batch_size": batch_size,
+                "lease_seconds": lease_seconds,
+            },
+        ).fetchall()
+        return [ClaimedJob(**row) for row in rows]
+
+    def complete_many(self, worker: str, results: Sequence[tuple[int, str]]) -> set[int]:
+        """Store results (JSON text) of jobs the worker holds; return the ids it still held."""
+        if not results:
+            return set()
+        rows = self.conn.execute(
+            query("complete_many"),
+            {
+                "ids": [job_id for job_id, _ in results],
+                "results": [result for _, result in results],
+                "worker": worker,
+            },
+        ).fetchall()
+        return {int(row["id"]) for row in rows}
+
+    def fail_attempt(
+        self, job_id: int, worker: str, error: str, traceback: str | None, retry_delay_s: float
+    ) -> dict[str, Any] | None:
+        """Record a failed attempt; return the job's new status, or None if it was lost."""
+        return self.conn.execute(
+            query("fail_attempt"),
+            {
+                "id": job_id,
+                "worker": worker,
+                "error": error,
+                "traceback": traceback,
+                "retry_delay": retry_delay_s,
+            },
+        ).fetchone()
+
+    def report_progress(self, job_id: int, worker: str, progress: int, step: str | None) -> bool:
+        cursor = self.conn.execute(
+            query("report_progress"),
+            {"id": job_id, "worker": worker, "progress": progress, "step": step},
+        )
+        return cursor.rowcount > 0
+
+    def requeue_unstarted(
+        self, worker: str, job_ids: Iterable[int], reason: str
+    ) -> list[dict[str, Any]]:
+        """Give back jobs a worker claimed but did not start; the attempt does not count."""
+        return self.conn.execute(
+            query("requeue_jobs"),
+            {"ids": list(job_ids), "worker": worker, "reason": reason, "count_attempt": False},
+        ).fetchall()
+
+    # Supervisors
+
+    def renew_leases(self, workers: Sequence[str], lease_seconds: float) -> int:
+        if not workers:
+            return 0
+        cursor = self.conn.execute(
+            query("renew_leases"), {"workers": list(workers), "lease_seconds": lease_seconds}
+        )
+        return cursor.rowcount
+
+    def requeue_workers(
+        self, workers: Sequence[str], reason: str, *, count_attempt: bool = True
+    ) -> list[dict[str, Any]]:
+        """Requeue what the given workers held; a counted attempt may fail the job instead."""
+        if not workers:
+            return []
+        return self.conn.execute(
+            query("requeue_workers"),
+            {"workers": list(workers), "reason": reason, "count_attempt": count_attempt},
+        ).fetchall()
+
+    def requeue_expired(self) -> list[dict[str, Any]]:
+        return self.conn.execute(query("requeue_expired")).fetchall()
+
+    def pending_summary(self, types: Sequence[str], cap: int) -> dict[str, TypeBacklog]:
+        rows = self.conn.execute(
+            query("pending_summary"), {"types": list(types), "cap": cap}
+        ).fetchall()
+        return {
+            row["type"]: TypeBacklog(
+                type=row["type"],
+                due=int(row["due"]),
+                next_run_at=row["next_run_at"],
+                next_due_in_s=None if row["next_due_in_s"] is None else float(row["next_due_in_s"]),
+                head_score=None if row["head_score"] is None else float(row["head_score"]),
+            )
+            for row in rows
+        }
+
+    def processing_count(self, types: Sequence[str]) -> int:
+        row = self.conn.execute(query("processing_count"), {"types": list(types)}).fetchone()
+        return int(row["processing"]) if row else 0
+
+    # Operators
+
+    def status_counts(self) -> list[dict[str, Any]]:
+        return self.conn.execute(query("status_counts")).fetchall()
+
+    def get_job(self, job_id: int) -> dict[str, Any] | None:
+        return self.conn.execute(query("get_job"), {"id": job_id}).fetchone()
+
+    def cleanup_batch(self, days: int, batch_size: int) -> int:
+        row = self.conn.execute(
+            query("cleanup_batch"), {"days": days, "batch_size": batch_size}
+        ).fetchone()
+        return int(row["deleted"]) if row else 0
+
+    def job_outcomes(self, job_ids: Sequence[int]) -> list[dict[str, Any]]:
+        return self.conn.execute(query("job_outcomes"), {"ids": list(job_ids)}).fetchall()

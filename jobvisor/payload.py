@@ -1,0 +1,91 @@
+"""Turning job input and results into JSON that PostgreSQL's jsonb accepts.
+
+jsonb rejects what Python's json module lets through: the NUL character (``\\u0000``) in
+strings and keys, and NaN or Infinity. Those are reported with the path of the offending
+value, so that a caller can find it in a large payload.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from jobvisor.errors import InvalidJobError
+
+_encoder = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+
+
+def to_json(value: Any, *, what: str, max_bytes: int | None = None) -> str:
+    """Serialize ``value`` for a jsonb column, or raise :class:`InvalidJobError`.
+
+    ``what`` names the value in error messages, for example "input_data of row 3".
+    """
+    try:
+        text = _encoder.encode(value)
+    except ValueError:
+        path, bad = _find(value, _is_non_finite) or ("$", None)
+        raise InvalidJobError(
+            f"{what} contains {_name_float(bad)} at {path}; JSON has no NaN or Infinity, so "
+            "send null or a string instead"
+        ) from None
+    except TypeError as error:
+        raise InvalidJobError(
+            f"{what} is not JSON-serializable ({error}); use dicts, lists, strings, numbers, "
+            "booleans and None"
+        ) from None
+
+    # The escaped form can also come from a literal backslash followed by "u0000", so the
+    # walk confirms before rejecting.
+    if "\\u0000" in text:
+        found = _find(value, _has_nul)
+        if found is not None:
+            raise InvalidJobError(
+                f"{what} contains a NUL character (\\u0000) at {found[0]}; PostgreSQL jsonb "
+                "cannot store it, so remove it or encode the data (for example as base64)"
+            )
+
+    if max_bytes is not None:
+        size = len(text.encode())
+        if size > max_bytes:
+            raise InvalidJobError(
+                f"{what} is {size} bytes of JSON, over the maximum of {max_bytes} bytes; store "
+                "large data elsewhere and pass a reference, or raise max_payload_bytes"
+            )
+    return text
+
+
+def _has_nul(value: Any) -> bool:
+    return isinstance(value, str) and "\x00" in value
+
+
+def _is_non_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _name_float(value: float | None) -> str:
+    if value is None:
+        return "a non-finite number"
+    if math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
+
+
+def _find(value: Any, predicate: Any, path: str = "$") -> tuple[str, Any] | None:
+    """Return the JSONPath and value of the first value or key for which ``predicate`` holds."""
+    if predicate(value):
+        return path, value
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if predicate(key):
+                return f"{path} (key {key!r})", key
+            child = f"{path}.{key}" if isinstance(key, str) else f"{path}[{key!r}]"
+            found = _find(item, predicate, child)
+            if found is not None:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = _find(item, predicate, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None

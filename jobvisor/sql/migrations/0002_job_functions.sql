@@ -1,0 +1,271 @@
+-- Functions that claim, finish and requeue jobs. Producers and consumers in any language can
+-- call them from SQL; jobvisor's workers and supervisor call the same ones.
+
+-- Wake idle workers: one notification per job type per inserting statement, payload = type.
+CREATE FUNCTION background_jobs_notify_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('jobvisor_jobs', inserted.type)
+    FROM (SELECT DISTINCT type FROM new_rows WHERE status = 'pending') AS inserted;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER background_jobs_notify_insert
+    AFTER INSERT ON background_jobs
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION background_jobs_notify_insert();
+
+
+-- The distinct (type, static_priority) groups of pending jobs of the given types, each with
+-- the earliest run_at in it. Inside a group the job that became due first has the highest
+-- claim score, so these heads are all that the claim and the supervisor need to look at.
+-- A loose index scan over background_jobs_claim_idx finds the groups, which are few, without
+-- reading every pending row.
+CREATE FUNCTION pending_group_heads(types_param text[])
+RETURNS TABLE (type text, static_priority real, run_at timestamptz)
+LANGUAGE sql STABLE AS $$
+    WITH RECURSIVE grp(type, static_priority) AS (
+        SELECT t.type, head.static_priority
+        FROM unnest(types_param) AS t(type)
+        CROSS JOIN LATERAL (
+            SELECT j.static_priority
+            FROM background_jobs AS j
+            WHERE j.status = 'pending' AND j.type = t.type
+            ORDER BY j.static_priority
+            LIMIT 1
+        ) AS head
+        UNION ALL
+        SELECT g.type, nxt.static_priority
+        FROM grp AS g
+        CROSS JOIN LATERAL (
+            SELECT j.static_priority
+            FROM background_jobs AS j
+            WHERE j.status = 'pending' AND j.type = g.type
+              AND j.static_priority > g.static_priority
+            ORDER BY j.static_priority
+            LIMIT 1
+        ) AS nxt
+    )
+    SELECT g.type, g.static_priority, first.run_at
+    FROM grp AS g
+    CROSS JOIN LATERAL (
+        SELECT j.run_at
+        FROM background_jobs AS j
+        WHERE j.status = 'pending' AND j.type = g.type AND j.static_priority = g.static_priority
+        ORDER BY j.run_at
+        LIMIT 1
+    ) AS first
+$$;
+
+
+-- Claim up to batch_size due pending jobs of the given types for one worker, highest score
+-- first, where score = static_priority + min(5, minutes since run_at / 10).
+--
+-- The claim never sorts all pending rows: each group from pending_group_heads contributes
+-- the head of its index range, and only those heads are merged by score. SKIP LOCKED makes
+-- concurrent claims take disjoint rows.
+CREATE FUNCTION claim_jobs(
+    types_param text[],
+    worker_param text,
+    batch_size integer,
+    lease_seconds double precision
+)
+RETURNS SETOF background_jobs
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY
+    WITH candidates AS (
+        SELECT c.id, c.score, c.run_at
+        FROM pending_group_heads(types_param) AS g
+        CROSS JOIN LATERAL (
+            SELECT j.id, j.run_at,
+                   g.static_priority
+                   + least(5.0, extract(epoch FROM clock_timestamp() - j.run_at) / 600.0) AS score
+            FROM background_jobs AS j
+            WHERE j.status = 'pending'
+              AND j.type = g.type
+              AND j.static_priority = g.static_priority
+              AND j.run_at <= clock_timestamp()
+            ORDER BY j.run_at
+            LIMIT batch_size
+            FOR UPDATE SKIP LOCKED
+        ) AS c
+        WHERE g.run_at <= clock_timestamp()
+        ORDER BY c.score DESC, c.run_at, c.id
+        LIMIT batch_size
+    )
+    , claimed AS (
+        UPDATE background_jobs AS j
+        SET status = 'processing',
+            locked_by = worker_param,
+            lease_expires_at = now() + lease_seconds * interval '1 second',
+            started_at = now(),
+            updated_at = now(),
+            progress = 0,
+            current_step = NULL
+        FROM candidates AS c
+        WHERE j.id = c.id
+        RETURNING j AS job, c.score
+    )
+    -- UPDATE returns rows in no particular order; the caller runs them in this one.
+    SELECT (claimed.job).* FROM claimed ORDER BY claimed.score DESC, (claimed.job).run_at, (claimed.job).id;
+END;
+$$;
+
+
+-- Put jobs that lost their worker back to pending (or fail them when their retries are
+-- spent), counting the lost attempt and recording the reason.
+CREATE FUNCTION requeue_jobs(ids bigint[], reason text, count_attempt boolean DEFAULT true)
+RETURNS SETOF background_jobs
+LANGUAGE plpgsql AS $$
+DECLARE
+    job background_jobs;
+BEGIN
+    FOR job IN
+        UPDATE background_jobs AS j
+        SET status = CASE
+                WHEN count_attempt AND j.retry_count >= j.max_retries THEN 'failed'::job_status
+                ELSE 'pending'::job_status
+            END,
+            retry_count = j.retry_count + CASE WHEN count_attempt THEN 1 ELSE 0 END,
+            error = CASE WHEN count_attempt THEN reason ELSE j.error END,
+            attempts = j.attempts || jsonb_build_object(
+                'attempt', j.retry_count + 1,
+                'error', reason,
+                'worker', j.locked_by,
+                'at', now()
+            ),
+            run_at = now(),
+            locked_by = NULL,
+            lease_expires_at = NULL,
+            updated_at = now(),
+            completed_at = CASE
+                WHEN count_attempt AND j.retry_count >= j.max_retries THEN now()
+            END
+        WHERE j.id = ANY(ids) AND j.status = 'processing'
+        RETURNING j.*
+    LOOP
+        IF job.status = 'pending' THEN
+            PERFORM pg_notify('jobvisor_jobs', job.type);
+        END IF;
+        RETURN NEXT job;
+    END LOOP;
+END;
+$$;
+
+
+-- The reference design's functions, callable from psql by producers in any language.
+
+-- Claim up to limit_param due jobs of any type for the caller (fixed to lock atomically).
+CREATE FUNCTION get_next_pending_jobs(
+    limit_param integer,
+    worker_param text DEFAULT 'sql:' || pg_backend_pid(),
+    lease_seconds double precision DEFAULT 300
+)
+RETURNS SETOF background_jobs
+LANGUAGE plpgsql AS $$
+DECLARE
+    all_types text[];
+BEGIN
+    -- Loose index scan over the claim index: the distinct types that have pending jobs.
+    WITH RECURSIVE t(type) AS (
+        (SELECT type FROM background_jobs WHERE status = 'pending' ORDER BY type LIMIT 1)
+        UNION ALL
+        SELECT nxt.type FROM t CROSS JOIN LATERAL (
+            SELECT j.type FROM background_jobs AS j
+            WHERE j.status = 'pending' AND j.type > t.type
+            ORDER BY j.type LIMIT 1
+        ) AS nxt
+    )
+    SELECT coalesce(array_agg(t.type), '{}') INTO all_types FROM t;
+
+    RETURN QUERY SELECT * FROM claim_jobs(all_types, worker_param, limit_param, lease_seconds);
+END;
+$$;
+
+CREATE FUNCTION update_job_status(
+    job_id_param bigint,
+    status_param text,
+    progress_param integer,
+    current_step_param text
+)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    updated_rows integer;
+BEGIN
+    UPDATE background_jobs
+    SET status = status_param::job_status,
+        progress = progress_param,
+        current_step = current_step_param,
+        updated_at = now(),
+        started_at = CASE
+            WHEN status_param = 'processing' AND started_at IS NULL THEN now()
+            ELSE started_at
+        END,
+        -- A job in processing always has an owner and a lease; a finished one a finish time.
+        locked_by = CASE
+            WHEN status_param = 'processing' THEN coalesce(locked_by, 'sql:' || pg_backend_pid())
+        END,
+        lease_expires_at = CASE
+            WHEN status_param = 'processing' THEN coalesce(lease_expires_at, now() + interval '5 minutes')
+        END,
+        completed_at = CASE
+            WHEN status_param IN ('completed', 'failed', 'cancelled') THEN coalesce(completed_at, now())
+        END
+    WHERE id = job_id_param;
+
+    GET DIAGNOSTICS updated_rows = ROW_COUNT;
+    RETURN updated_rows > 0;
+END;
+$$;
+
+CREATE FUNCTION complete_job(job_id_param bigint, result_data_param jsonb)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    updated_rows integer;
+BEGIN
+    UPDATE background_jobs
+    SET status = 'completed',
+        progress = 100,
+        result_data = result_data_param,
+        completed_at = now(),
+        updated_at = now(),
+        locked_by = NULL,
+        lease_expires_at = NULL
+    WHERE id = job_id_param AND status IN ('pending', 'processing');
+
+    GET DIAGNOSTICS updated_rows = ROW_COUNT;
+    RETURN updated_rows > 0;
+END;
+$$;
+
+-- Delete at most batch_size finished jobs older than days_to_keep and return how many went.
+-- Callers repeat the call, one transaction each, until it returns 0, so that no single
+-- DELETE holds locks or writes WAL for the whole backlog.
+CREATE FUNCTION cleanup_old_jobs(days_to_keep integer, batch_size integer DEFAULT 5000)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    deleted_rows integer;
+BEGIN
+    IF days_to_keep < 0 THEN
+        RAISE EXCEPTION 'days_to_keep must be >= 0, got %', days_to_keep;
+    END IF;
+
+    DELETE FROM background_jobs
+    WHERE id IN (
+        SELECT id FROM background_jobs
+        WHERE status IN ('completed', 'failed', 'cancelled')
+          AND completed_at < now() - days_to_keep * interval '1 day'
+        ORDER BY completed_at
+        LIMIT batch_size
+        FOR UPDATE SKIP LOCKED
+    );
+
+    GET DIAGNOSTICS deleted_rows = ROW_COUNT;
+    RETURN deleted_rows;
+END;
+$$;

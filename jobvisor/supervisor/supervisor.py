@@ -1,0 +1,410 @@
+"""The supervisor: one process per node that forks, watches and restarts worker processes.
+
+It is single-threaded, so fork() is safe. Signal handlers only queue the signal; the loop
+then, on each turn: handles queued signals, reads the children's status pipes, reaps dead
+children and requeues their jobs, kills children past their hard timeout, renews the leases
+of live children's jobs, requeues jobs whose lease expired on any node, and forks or retires
+workers so that each job type has the number that the allocation plan gives it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from jobvisor.db.store import JobStore, TypeBacklog
+from jobvisor.errors import ConfigError
+from jobvisor.supervisor.allocation import TypeDemand, plan_workers
+from jobvisor.supervisor.children import Child, spawn_child
+from jobvisor.supervisor.restarts import RestartPolicy
+
+if TYPE_CHECKING:
+    from jobvisor.app import App
+    from jobvisor.config import Settings
+
+logger = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "jobvisor_jobs"
+ALLOCATE_INTERVAL_S = 1.0
+# Longest sleep of one loop turn; signals and child exits wake the loop sooner.
+TICK_S = 0.5
+DB_RETRY_S = 2.0
+
+
+class Supervisor:
+    """Runs workers for ``types`` (default: every registered type) until stopped.
+
+    ``exit_when_idle`` stops it once no job of its types is pending or running anywhere.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        types: Sequence[str] | None = None,
+        settings: Settings | None = None,
+        exit_when_idle: bool = False,
+    ) -> None:
+        self.app = app
+        self.settings = settings or app.settings
+        self.types = list(types) if types is not None else list(app.job_types)
+        unknown = [t for t in self.types if t not in app.job_types]
+        if unknown:
+            raise ConfigError(f"job types {unknown} are not registered; registered: {sorted(app.job_types)}")
+        if not self.types:
+            raise ConfigError("the app registers no job types; decorate a handler with @app.job(...)")
+        self.exit_when_idle = exit_when_idle
+        self.node = f"{socket.gethostname()}:{os.getpid()}"
+        self.children: dict[int, Child] = {}
+        self.policies = {
+            t: RestartPolicy(
+                job_type=t,
+                backoff_s=self.settings.restart_backoff_s,
+                backoff_max_s=self.settings.restart_backoff_max_s,
+                max_crashes=self.settings.crash_loop_restarts,
+                window_s=self.settings.crash_loop_window_s,
+                pause_s=self.settings.crash_pause_s,
+            )
+            for t in self.types
+        }
+        self._signals: deque[int] = deque()
+        self._selector = selectors.DefaultSelector()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._store: JobStore | None = None
+        self._stopping = False
+        self._stop_deadline = 0.0
+        self._allocate_now = True
+        self._next_allocate = 0.0
+        self._next_renew = 0.0
+        self._next_sweep = 0.0
+        self._next_db_attempt = 0.0
+        self._idle_checks = 0
+        self._wake_r = self._wake_w = -1
+        # Every worker id this supervisor started; a dead one leaves when its jobs are requeued.
+        self._all_worker_ids: set[str] = set()
+
+    # Lifecycle
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT (or idle, with exit_when_idle); return the exit code."""
+        self._connect()
+        self._install_signals()
+        logger.info(
+            "supervisor %s started: types %s, at most %d jobs at once",
+            self.node, ", ".join(self.types), self.settings.max_concurrent_jobs,
+        )
+        try:
+            while True:
+                self._wait()
+                self._handle_signals()
+                self._read_statuses()
+                self._reap()
+                if self._stopping:
+                    if not self.children:
+                        break
+                    self._drain_step()
+                    self._database_tick()
+                    continue
+                self._enforce_timeouts()
+                self._database_tick()
+        finally:
+            self._shutdown()
+        logger.info("supervisor %s stopped", self.node)
+        return 0
+
+    def request_stop(self, reason: str) -> None:
+        """Stop claiming; running jobs get the drain timeout to finish."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._stop_deadline = time.monotonic() + self.settings.drain_timeout_s
+        logger.info(
+            "supervisor %s stopping (%s): draining %d workers for up to %.0f s",
+            self.node, reason, len(self.children), self.settings.drain_timeout_s,
+        )
+        for child in self.children.values():
+            child.stop_reason = reason
+            child.signal(signal.SIGTERM)
+
+    def _stop_now(self) -> None:
+        logger.warning("supervisor %s: second stop signal, killing %d workers", self.node, len(self.children))
+        self._kill_all("supervisor stopped at once by a second signal")
+
+    def _drain_step(self) -> None:
+        if time.monotonic() >= self._stop_deadline:
+            logger.warning(
+                "supervisor %s: drain timeout of %.0f s passed, killing %d workers",
+                self.node, self.settings.drain_timeout_s, len(self.children),
+            )
+            self._kill_all(f"requeued at shutdown: the drain timeout of {self.settings.drain_timeout_s:g} s passed")
+
+    def _kill_all(self, reason: str) -> None:
+        for child in list(self.children.values()):
+            child.kill_reason = reason
+            child.signal(signal.SIGKILL)
+        # Waiting is bounded: SIGKILL cannot be caught.
+        for pid in list(self.children):
+            with contextlib.suppress(ChildProcessError):
+                _, status, _ = os.wait4(pid, 0)
+                self._on_child_exit(self.children[pid], status)
+
+    def _shutdown(self) -> None:
+        if self.children:
+            self._kill_all("supervisor exited")
+        store = self._ready_store()
+        if store is not None and self._all_worker_ids:
+            # Safety net: nothing that this node's workers held stays in processing.
+            with contextlib.suppress(psycopg.Error):
+                store.requeue_workers(list(self._all_worker_ids), "supervisor stopped", count_attempt=False)
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._selector.close()
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+
+    # Signals and waiting
+
+    def _install_signals(self) -> None:
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
+            signal.signal(signum, self._queue_signal)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, "signal")
+
+    def _queue_signal(self, signum: int, frame: Any) -> None:
+        self._signals.append(signum)
+
+    def _wait(self) -> None:
+        timeout = TICK_S
+        if self._allocate_now and not self._stopping:
+            timeout = 0.0
+        for key, _ in self._selector.select(timeout):
+            if key.data == "signal":
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(self._wake_r, 4096):
+                        pass
+            elif key.data == "database":
+                self._drain_notifications()
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.popleft()
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                name = signal.Signals(signum).name
+                if self._stopping:
+                    self._stop_now()
+                else:
+                    self.request_stop(f"received {name}")
+            elif signum == signal.SIGHUP:
+                logger.info("supervisor %s: SIGHUP received, recycling workers", self.node)
+                for child in self.children.values():
+                    child.stop_reason = "recycled on SIGHUP"
+                    child.signal(signal.SIGTERM)
+            # SIGCHLD only wakes the loop; _reap does the work.
+
+    # Children
+
+    def _read_statuses(self) -> None:
+        for child in self.children.values():
+            child.read_status()
+
+    def _reap(self) -> None:
+        while self.children:
+            try:
+                pid, status, _ = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self.children.get(pid)
+            if child is not None:
+                self._on_child_exit(child, status)
+
+    def _on_child_exit(self, child: Child, status: int) -> None:
+        del self.children[child.pid]
+        child.read_status()
+        child.close()
+        code = os.waitstatus_to_exitcode(status)
+        how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+        policy = self.policies[child.job_type]
+        if child.kill_reason is not None:
+            reason, count_attempt = child.kill_reason, not self._stopping
+            logger.warning("worker %s (%s) killed: %s", child.worker_id, child.job_type, reason)
+        elif code == 0:
+            reason, count_attempt = f"worker {child.worker_id} exited", False
+            logger.info("worker %s (%s) exited after %d jobs", child.worker_id, child.job_type, child.jobs_done)
+            policy.record_clean_exit()
+        else:
+            reason = f"worker process {child.pid} died ({how})"
+            count_attempt = True
+            logger.error("worker %s (%s) died (%s) during job %s", child.worker_id, child.job_type, how, child.job_id)
+            policy.record_crash()
+        self._requeue_from(child, reason, count_attempt)
+        self._allocate_now = True
+
+    def _requeue_from(self, child: Child, reason: str, count_attempt: bool) -> None:
+        store = self._ready_store()
+        if store is None:
+            # The jobs stay leased; renewal stops, so any node requeues them when it expires.
+            logger.error("cannot requeue jobs of worker %s now: no database connection", child.worker_id)
+            return
+        try:
+            rows = store.requeue_workers([child.worker_id], reason, count_attempt=count_attempt)
+        except psycopg.Error as error:
+            logger.error("requeueing jobs of worker %s failed: %s", child.worker_id, error)
+            self._drop_connection()
+            return
+        self._all_worker_ids.discard(child.worker_id)
+        for row in rows:
+            logger.warning(
+                "job %d (%s) %s after retry %d: %s",
+                row["id"], row["type"], "requeued" if row["status"] == "pending" else "failed",
+                row["retry_count"], reason,
+            )
+
+    def _enforce_timeouts(self) -> None:
+        now = time.monotonic()
+        grace = self.settings.hard_timeout_grace_s
+        for child in self.children.values():
+            if child.kill_reason or child.job_started_at is None or child.job_timeout_s is None:
+                continue
+            if now - child.job_started_at > child.job_timeout_s + grace:
+                child.kill_reason = (
+                    f"timed out after {child.job_timeout_s:g} s and did not stop within "
+                    f"{grace:g} s; the worker was killed"
+                )
+                logger.error("job %s on worker %s: %s", child.job_id, child.worker_id, child.kill_reason)
+                child.signal(signal.SIGKILL)
+
+    def _spawn(self, job_type: str) -> None:
+        close_fds = [self._wake_r, self._wake_w] + [c.status_fd for c in self.children.values()]
+        child = spawn_child(self.app, job_type, self.settings, close_fds=close_fds, node=self.node)
+        self.children[child.pid] = child
+        self._all_worker_ids.add(child.worker_id)
+
+    # Database work
+
+    def _database_tick(self) -> None:
+        store = self._ready_store()
+        if store is None:
+            return
+        now = time.monotonic()
+        try:
+            if now >= self._next_renew:
+                store.renew_leases([c.worker_id for c in self.children.values()], self.settings.lease_seconds)
+                self._next_renew = now + self.settings.lease_seconds / 3
+            if now >= self._next_sweep:
+                for row in store.requeue_expired():
+                    logger.warning("job %d (%s) lease expired; %s", row["id"], row["type"], row["status"])
+                self._next_sweep = now + self.settings.lease_sweep_interval_s
+            if self._stopping:
+                return
+            if self._allocate_now or now >= self._next_allocate:
+                self._allocate(store)
+                self._allocate_now = False
+                self._next_allocate = now + ALLOCATE_INTERVAL_S
+        except psycopg.OperationalError as error:
+            logger.error("supervisor %s lost its database connection: %s", self.node, error)
+            self._drop_connection()
+
+    def _allocate(self, store: JobStore) -> None:
+        capacity = self.settings.max_concurrent_jobs
+        backlog = store.pending_summary(self.types, cap=capacity)
+        if self.exit_when_idle and self._check_idle(store, backlog):
+            self.request_stop("no jobs left")
+            return
+
+        live = [c for c in self.children.values() if c.stop_reason is None and c.kill_reason is None]
+        demands = []
+        for job_type in self.types:
+            spec = self.app.job_types[job_type]
+            mine = [c for c in live if c.job_type == job_type]
+            busy = sum(1 for c in mine if c.busy)
+            item = backlog.get(job_type)
+            due = item.due if item else 0
+            score = item.head_score if item and item.head_score is not None else float(spec.priority) - 100
+            limit = 0 if self.policies[job_type].paused() else spec.concurrency
+            demands.append(TypeDemand(job_type, limit, due + busy, score, len(mine)))
+        target = plan_workers(demands, capacity)
+
+        for job_type, count in target.items():
+            mine = [c for c in live if c.job_type == job_type]
+            # Retire idle workers first, then the ones that have worked longest.
+            mine.sort(key=lambda c: (c.busy, c.started_at))
+            for child in mine[count:]:
+                child.stop_reason = "retired: its slot went to another job type"
+                child.signal(signal.SIGTERM)
+        for job_type, count in target.items():
+            policy = self.policies[job_type]
+            mine = sum(1 for c in live if c.job_type == job_type)
+            while mine < count and len(self.children) < capacity and policy.may_start():
+                self._spawn(job_type)
+                mine += 1
+
+    def _check_idle(self, store: JobStore, backlog: dict[str, TypeBacklog]) -> bool:
+        waiting = any(item.next_run_at is not None for item in backlog.values())
+        if waiting or any(c.busy for c in self.children.values()) or store.processing_count(self.types):
+            self._idle_checks = 0
+            return False
+        self._idle_checks += 1
+        # Two checks in a row, a second apart, so a job between claim and status is not missed.
+        return self._idle_checks >= 2
+
+    def _connect(self) -> None:
+        self._conn = self.app.connect(application_name=f"jobvisor-supervisor {self.node}")
+        self._conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        self._selector.register(self._conn.fileno(), selectors.EVENT_READ, "database")
+        self._store = JobStore(self._conn)
+
+    def _ready_store(self) -> JobStore | None:
+        if self._store is not None:
+            return self._store
+        if time.monotonic() < self._next_db_attempt:
+            return None
+        try:
+            self._connect()
+            logger.info("supervisor %s reconnected to the database", self.node)
+        except psycopg.OperationalError as error:
+            logger.error("supervisor %s cannot reach the database: %s", self.node, error)
+            self._next_db_attempt = time.monotonic() + DB_RETRY_S
+            self._conn = self._store = None
+        return self._store
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._selector.unregister(self._conn.fileno())
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+        self._conn = self._store = None
+        self._next_db_attempt = time.monotonic() + DB_RETRY_S
+
+    def _drain_notifications(self) -> None:
+        if self._conn is None:
+            return
+        try:
+            pgconn = self._conn.pgconn
+            pgconn.consume_input()
+            while (notification := pgconn.notifies()) is not None:
+                if notification.extra.decode() in self.types:
+                    self._allocate_now = True
+        except psycopg.Error as error:
+            logger.error("supervisor %s: reading notifications failed: %s", self.node, error)
+            self._drop_connection()

@@ -1,0 +1,46 @@
+"""What a handler receives besides its input data."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from jobvisor.errors import InvalidJobError
+
+
+class JobContext:
+    """The running job as its handler sees it.
+
+    ``attempt`` counts from 1; a job retried twice runs its third attempt.
+    """
+
+    def __init__(
+        self,
+        *,
+        job_id: int,
+        job_type: str,
+        attempt: int,
+        user_id: str | None,
+        user_type: str | None,
+        report: Callable[[int, str | None], None],
+    ) -> None:
+        self.job_id = job_id
+        self.job_type = job_type
+        self.attempt = attempt
+        self.user_id = user_id
+        self.user_type = user_type
+        self.logger = logging.LoggerAdapter(
+            logging.getLogger(f"jobvisor.jobs.{job_type}"),
+            {"job_id": job_id, "job_type": job_type, "attempt": attempt},
+        )
+        self._report = report
+        self.last_progress = 0
+
+    def progress(self, percent: int | float, step: str | None = None) -> None:
+        """Store the job's progress (0 to 100) and, optionally, the step it is in."""
+        if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not 0 <= percent <= 100:
+            raise InvalidJobError(f"progress {percent!r} is out of range; use a number from 0 to 100")
+        if step is not None and (not isinstance(step, str) or "\x00" in step):
+            raise InvalidJobError(f"step {step!r} must be a string without NUL characters")
+        self.last_progress = int(percent)
+        self._report(int(percent), step)

@@ -1,0 +1,310 @@
+"""The claim loop: take due jobs of some types, run their handlers, store the outcomes.
+
+A worker runs inside a child process that the supervisor forked, or in the caller's process
+(tests, ``Worker(...).run()``). It never touches connections other than its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import select
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from jobvisor.db.store import ClaimedJob, JobStore
+from jobvisor.errors import InvalidJobError, JobTimeoutError
+from jobvisor.payload import to_json
+from jobvisor.workers.context import JobContext
+
+if TYPE_CHECKING:
+    from jobvisor.app import App
+    from jobvisor.config import Settings
+
+logger = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "jobvisor_jobs"
+# Longest single wait on the socket, so that a stop request is seen promptly.
+WAIT_SLICE_S = 0.25
+# Completed results are stored at least this often while a batch runs (seconds).
+COMPLETION_FLUSH_S = 0.2
+
+
+class Worker:
+    """Claims and runs jobs of ``types`` until stopped.
+
+    ``status_fd`` is the write end of a pipe to the supervisor, which learns from it when
+    each job starts and ends. ``max_jobs`` makes the worker exit after that many jobs, and
+    ``exit_when_idle`` when nothing of its types is pending.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        types: Sequence[str],
+        *,
+        worker_id: str | None = None,
+        settings: Settings | None = None,
+        status_fd: int | None = None,
+        max_jobs: int | None = None,
+        exit_when_idle: bool = False,
+    ) -> None:
+        unknown = [t for t in types if t not in app.job_types]
+        if unknown or not types:
+            raise InvalidJobError(f"worker types {list(types)!r} include unregistered types {unknown!r}")
+        self.app = app
+        self.types = list(types)
+        self.settings = settings or app.settings
+        self.worker_id = worker_id or f"{os.uname().nodename}:{os.getpid()}:{random.getrandbits(32):08x}"
+        self.status_fd = status_fd
+        self.max_jobs = max_jobs
+        self.exit_when_idle = exit_when_idle
+        self.jobs_done = 0
+        self._stopping = threading.Event()
+        self._woken = False
+        self._parent_pid = os.getppid() if status_fd is not None else None
+        self._store: JobStore | None = None
+        self._conn: psycopg.Connection[Any] | None = None
+        self._batch_size = 1
+
+    def stop(self) -> None:
+        """Finish the running job, give back claimed jobs not yet started, and return."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def run(self) -> int:
+        """Run until stopped; return the process exit code (0 for a clean stop)."""
+        logger.info("worker %s started for %s", self.worker_id, ", ".join(self.types))
+        self._conn = self.app.connect(application_name=f"jobvisor-worker {self.types[0]}")
+        try:
+            self._conn.add_notify_handler(self._on_notify)
+            self._conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            self._store = JobStore(self._conn)
+            while not self.stopping:
+                if self._orphaned():
+                    logger.warning("worker %s: supervisor is gone, exiting", self.worker_id)
+                    break
+                self._woken = False
+                jobs = self._store.claim(
+                    self.types, self.worker_id, self._batch_size, self.settings.lease_seconds
+                )
+                if jobs:
+                    self._run_batch(jobs)
+                    if self.max_jobs is not None and self.jobs_done >= self.max_jobs:
+                        break
+                    continue
+                if not self._wait_for_work():
+                    break
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+        logger.info("worker %s stopped after %d jobs", self.worker_id, self.jobs_done)
+        return 0
+
+    # Claim loop
+
+    def _run_batch(self, jobs: list[ClaimedJob]) -> None:
+        assert self._store is not None
+        results: list[tuple[int, str]] = []
+        batch_started = time.monotonic()
+        last_flush = batch_started
+        for index, job in enumerate(jobs):
+            if self.stopping or self._orphaned():
+                self._give_back(jobs[index:])
+                break
+            outcome = self._execute(job)
+            if outcome is not None:
+                results.append((job.id, outcome))
+            if results and time.monotonic() - last_flush >= COMPLETION_FLUSH_S:
+                self._flush(results)
+                results = []
+                last_flush = time.monotonic()
+        self._flush(results)
+
+        # Short jobs are claimed in growing batches, long ones one at a time.
+        mean = (time.monotonic() - batch_started) / len(jobs)
+        if mean < self.settings.short_job_s:
+            self._batch_size = min(self._batch_size * 2, self.settings.claim_batch_max)
+        else:
+            self._batch_size = 1
+
+    def _flush(self, results: list[tuple[int, str]]) -> None:
+        if not results:
+            return
+        assert self._store is not None
+        stored = self._store.complete_many(self.worker_id, results)
+        for job_id, _ in results:
+            if job_id not in stored:
+                logger.warning(
+                    "worker %s: result of job %d discarded, the worker no longer holds it "
+                    "(its lease expired or its supervisor requeued it)",
+                    self.worker_id,
+                    job_id,
+                )
+
+    def _give_back(self, jobs: list[ClaimedJob]) -> None:
+        assert self._store is not None
+        returned = self._store.requeue_unstarted(
+            self.worker_id, [job.id for job in jobs], "worker stopped before starting the job"
+        )
+        if returned:
+            logger.info(
+                "worker %s gave back %d unstarted jobs: %s",
+                self.worker_id,
+                len(returned),
+                [row["id"] for row in returned],
+            )
+
+    def _execute(self, job: ClaimedJob) -> str | None:
+        """Run one job; return its result as JSON text, or None after recording a failure."""
+        assert self._store is not None
+        spec = self.app.job_types[job.type]
+        attempt = job.retry_count + 1
+        context = JobContext(
+            job_id=job.id,
+            job_type=job.type,
+            attempt=attempt,
+            user_id=job.user_id,
+            user_type=job.user_type,
+            report=lambda percent, step: self._report_progress(job.id, percent, step),
+        )
+        self._send_status(f"S {job.id} {spec.timeout}")
+        logger.debug("job %d (%s) attempt %d started", job.id, job.type, attempt)
+        started = time.monotonic()
+        error: str | None = None
+        details: str | None = None
+        try:
+            with _soft_timeout(spec.timeout):
+                result = spec.handler(context, job.input_data)
+            return_value = to_json(result, what=f"the result of job {job.id}")
+        except JobTimeoutError:
+            error = f"timed out after {spec.timeout:g} s"
+        except InvalidJobError as failure:
+            error = f"handler returned a result that cannot be stored: {failure}"
+        except Exception as failure:  # noqa: BLE001 - a handler may raise anything
+            error = f"{type(failure).__name__}: {failure}"
+            details = traceback.format_exc()
+        finally:
+            self.jobs_done += 1
+            self._send_status(f"D {job.id}")
+        elapsed = time.monotonic() - started
+
+        if error is None:
+            logger.debug("job %d (%s) completed in %.3f s", job.id, job.type, elapsed)
+            return return_value
+
+        delay = retry_delay(job.retry_count, self.settings.retry_base_delay_s, self.settings.retry_max_delay_s)
+        row = self._store.fail_attempt(job.id, self.worker_id, error, details, delay)
+        if row is None:
+            logger.warning("job %d (%s) failed but its lease was lost: %s", job.id, job.type, error)
+        elif row["status"] == "pending":
+            logger.warning(
+                "job %d (%s) attempt %d failed, retry %d/%d in %.1f s: %s",
+                job.id, job.type, attempt, row["retry_count"], job.max_retries, delay, error,
+            )
+        else:
+            logger.error("job %d (%s) failed after %d attempts: %s", job.id, job.type, attempt, error)
+        return None
+
+    def _report_progress(self, job_id: int, percent: int, step: str | None) -> None:
+        assert self._store is not None
+        if not self._store.report_progress(job_id, self.worker_id, percent, step):
+            logger.warning("worker %s: progress of job %d not stored, the job is no longer held", self.worker_id, job_id)
+
+    # Waiting
+
+    def _wait_for_work(self) -> bool:
+        """Wait for a notification, the next due job or the poll interval; False to exit."""
+        assert self._store is not None and self._conn is not None
+        backlog = self._store.pending_summary(self.types, cap=1)
+        waits = [b.next_due_in_s for b in backlog.values() if b.next_due_in_s is not None]
+        if self.exit_when_idle and not waits and self._store.processing_count(self.types) == 0:
+            return False
+        timeout = self.settings.poll_interval_s
+        if waits:
+            timeout = max(0.0, min(timeout, min(waits)))
+        deadline = time.monotonic() + timeout
+        while not self._woken and not self.stopping:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            readable, _, _ = select.select([self._conn.fileno()], [], [], min(remaining, WAIT_SLICE_S))
+            if readable:
+                self._drain_notifications()
+            if self._orphaned():
+                return False
+        return not self.stopping
+
+    def _drain_notifications(self) -> None:
+        assert self._conn is not None
+        pgconn = self._conn.pgconn
+        pgconn.consume_input()
+        while (notification := pgconn.notifies()) is not None:
+            if notification.relname.decode() == NOTIFY_CHANNEL:
+                if notification.extra.decode() in self.types:
+                    self._woken = True
+
+    def _on_notify(self, notification: psycopg.Notify) -> None:
+        if notification.channel == NOTIFY_CHANNEL and notification.payload in self.types:
+            self._woken = True
+
+    # Supervisor link
+
+    def _orphaned(self) -> bool:
+        return self._parent_pid is not None and os.getppid() != self._parent_pid
+
+    def _send_status(self, message: str) -> None:
+        if self.status_fd is None:
+            return
+        try:
+            os.write(self.status_fd, (message + "\n").encode())
+        except BrokenPipeError:
+            self._stopping.set()
+        except BlockingIOError:
+            # The supervisor is not reading; it learns the same from the database.
+            logger.debug("worker %s: status pipe full, message dropped: %s", self.worker_id, message)
+
+
+def retry_delay(retry_count: int, base_s: float, max_s: float) -> float:
+    """Seconds before retry ``retry_count + 1``: exponential backoff with jitter.
+
+    The delay for retry n lies in [d/2, d] with d = base * 2**n (capped at max_s), so delays
+    never shrink from one retry to the next while retrying workers still spread out.
+    """
+    ceiling = min(max_s, base_s * (2.0**retry_count))
+    return ceiling * (0.5 + 0.5 * random.random())
+
+
+@contextlib.contextmanager
+def _soft_timeout(seconds: float) -> Iterator[None]:
+    """Raise :class:`JobTimeoutError` in the handler after ``seconds``, via SIGALRM.
+
+    Only the main thread receives signals, so elsewhere this does nothing and the
+    supervisor's hard timeout alone applies. A handler blocked in C code sees the error
+    when it returns to Python.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise JobTimeoutError(f"timed out after {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
