@@ -66,6 +66,14 @@ class App:
             self._dsn = configured_dsn() or ensure_embedded_server()
         return self._dsn
 
+    def configure(self, *, dsn: str | None = None, settings: Settings | None = None) -> None:
+        """Point the app at another database or settings, before it opens a connection."""
+        if dsn is not None:
+            self.close()
+            self._dsn = configured_dsn(dsn)
+        if settings is not None:
+            self.settings = settings
+
     def connect(self, *, application_name: str = "jobvisor") -> psycopg.Connection[Any]:
         """Open a new connection to the app's database, with the schema in place."""
         conn = connect(self.dsn, application_name=application_name)

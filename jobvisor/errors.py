@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import psycopg
+
 
 class JobvisorError(Exception):
     """Base class of every error that jobvisor raises on purpose."""
@@ -19,8 +21,12 @@ class UnknownJobTypeError(InvalidJobError):
     """The job type is not registered with the application."""
 
 
-class DatabaseUnavailableError(JobvisorError):
-    """PostgreSQL could not be reached or started."""
+class DatabaseUnavailableError(JobvisorError, psycopg.OperationalError):
+    """PostgreSQL could not be reached or started.
+
+    It is also a ``psycopg.OperationalError``, so code that retries on lost connections
+    treats both alike.
+    """
 
 
 class JobTimeoutError(JobvisorError):

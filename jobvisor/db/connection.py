@@ -17,6 +17,9 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from jobvisor.db.dsn import redact
+from jobvisor.errors import DatabaseUnavailableError
+
 logger = logging.getLogger(__name__)
 
 _open_connections: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
@@ -25,14 +28,18 @@ _inherited: list[psycopg.Connection[Any]] = []
 
 def connect(dsn: str, *, application_name: str = "jobvisor", **kwargs: Any) -> psycopg.Connection[Any]:
     """Open an autocommit connection that returns rows as dicts."""
-    conn = psycopg.connect(
-        dsn,
-        autocommit=True,
-        row_factory=dict_row,
-        application_name=application_name,
-        connect_timeout=10,
-        **kwargs,
-    )
+    try:
+        conn = psycopg.connect(
+            dsn,
+            autocommit=True,
+            row_factory=dict_row,
+            application_name=application_name,
+            connect_timeout=10,
+            **kwargs,
+        )
+    except psycopg.OperationalError as error:
+        message = str(error).strip().replace("\n", " ")
+        raise DatabaseUnavailableError(f"cannot connect to PostgreSQL at {redact(dsn)}: {message}") from error
     _open_connections.add(conn)
     return conn
 

@@ -26,12 +26,18 @@ def configured_dsn(explicit: str | None = None) -> str | None:
 def validate_dsn(dsn: str, *, source: str = "dsn") -> None:
     """Raise :class:`ConfigError` unless libpq can parse ``dsn``."""
     try:
-        conninfo_to_dict(dsn)
+        params = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as error:
         raise ConfigError(
             f"{source} {redact(dsn)!r} is not a valid PostgreSQL connection string ({error}); "
             "use a URI such as postgresql://user@host:5432/dbname or key=value pairs"
         ) from None
+    # libpq accepts any text as a port when parsing and fails only when connecting.
+    for port in str(params.get("port", "")).split(","):
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigError(
+                f"{source} {redact(dsn)!r} has port {port!r}; a port is a number from 1 to 65535"
+            )
 
 
 def redact(dsn: str) -> str:

@@ -1,0 +1,3 @@
+from jobvisor.cli import main
+
+raise SystemExit(main())
