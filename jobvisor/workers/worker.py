@@ -36,6 +36,9 @@ NOTIFY_CHANNEL = "jobvisor_jobs"
 WAIT_SLICE_S = 0.25
 # Completed results are stored at least this often while a batch runs (seconds).
 COMPLETION_FLUSH_S = 0.2
+# Reconnect delays after a lost database connection double from base to max (seconds).
+RECONNECT_BASE_S = 0.5
+RECONNECT_MAX_S = 15.0
 
 
 class Worker:
@@ -74,6 +77,10 @@ class Worker:
         self._store: JobStore | None = None
         self._conn: psycopg.Connection[Any] | None = None
         self._batch_size = 1
+        # Results of finished jobs not yet stored: (job id, result as JSON text).
+        self._results: list[tuple[int, str]] = []
+        # Ids of jobs claimed by this worker whose outcome is not stored yet.
+        self._held: set[int] = set()
 
     def stop(self) -> None:
         """Finish the running job, give back claimed jobs not yet started, and return."""
@@ -86,37 +93,72 @@ class Worker:
     def run(self) -> int:
         """Run until stopped; return the process exit code (0 for a clean stop)."""
         logger.info("worker %s started for %s", self.worker_id, ", ".join(self.types))
-        self._conn = self.app.connect(application_name=f"jobvisor-worker {self.types[0]}")
+        failures = 0
         try:
-            self._conn.add_notify_handler(self._on_notify)
-            self._conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-            self._store = JobStore(self._conn)
             while not self.stopping:
                 if self._orphaned():
                     logger.warning("worker %s: supervisor is gone, exiting", self.worker_id)
                     break
-                self._woken = False
-                jobs = self._store.claim(
-                    self.types, self.worker_id, self._batch_size, self.settings.lease_seconds
-                )
-                if jobs:
-                    self._run_batch(jobs)
-                    if self.max_jobs is not None and self.jobs_done >= self.max_jobs:
+                try:
+                    if self._store is None:
+                        self._open_connection()
+                        self._recover()
+                    if not self._turn():
                         break
-                    continue
-                if not self._wait_for_work():
-                    break
+                    failures = 0
+                except psycopg.OperationalError as error:
+                    failures += 1
+                    delay = min(RECONNECT_MAX_S, RECONNECT_BASE_S * 2 ** (failures - 1))
+                    logger.warning(
+                        "worker %s lost the database (%s); reconnecting in %.1f s",
+                        self.worker_id, str(error).strip(), delay,
+                    )
+                    self._close_connection()
+                    self._stopping.wait(delay)
         finally:
-            with contextlib.suppress(psycopg.Error):
-                self._conn.close()
+            self._close_connection()
         logger.info("worker %s stopped after %d jobs", self.worker_id, self.jobs_done)
         return 0
+
+    def _turn(self) -> bool:
+        """Store held-back results, then claim and run one batch or wait; False to exit."""
+        assert self._store is not None
+        self._flush()
+        self._woken = False
+        jobs = self._store.claim(self.types, self.worker_id, self._batch_size, self.settings.lease_seconds)
+        self._held.update(job.id for job in jobs)
+        if jobs:
+            self._run_batch(jobs)
+            return self.max_jobs is None or self.jobs_done < self.max_jobs
+        return self._wait_for_work()
+
+    def _recover(self) -> None:
+        """After a reconnect: store held-back results and give back the other held jobs."""
+        self._flush()
+        if self._held:
+            assert self._store is not None
+            self._store.requeue_unstarted(
+                self.worker_id, sorted(self._held), "worker lost its database connection during the job"
+            )
+            logger.warning("worker %s gave back jobs %s after a reconnect", self.worker_id, sorted(self._held))
+            self._held.clear()
+
+    def _open_connection(self) -> None:
+        self._conn = self.app.connect(application_name=f"jobvisor-worker {self.types[0]}")
+        self._conn.add_notify_handler(self._on_notify)
+        self._conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        self._store = JobStore(self._conn)
+
+    def _close_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+        self._conn = None
+        self._store = None
 
     # Claim loop
 
     def _run_batch(self, jobs: list[ClaimedJob]) -> None:
-        assert self._store is not None
-        results: list[tuple[int, str]] = []
         batch_started = time.monotonic()
         last_flush = batch_started
         for index, job in enumerate(jobs):
@@ -125,12 +167,11 @@ class Worker:
                 break
             outcome = self._execute(job)
             if outcome is not None:
-                results.append((job.id, outcome))
-            if results and time.monotonic() - last_flush >= COMPLETION_FLUSH_S:
-                self._flush(results)
-                results = []
+                self._results.append((job.id, outcome))
+            if time.monotonic() - last_flush >= COMPLETION_FLUSH_S:
+                self._flush()
                 last_flush = time.monotonic()
-        self._flush(results)
+        self._flush()
 
         # Short jobs are claimed in growing batches, long ones one at a time.
         mean = (time.monotonic() - batch_started) / len(jobs)
@@ -139,12 +180,14 @@ class Worker:
         else:
             self._batch_size = 1
 
-    def _flush(self, results: list[tuple[int, str]]) -> None:
-        if not results:
+    def _flush(self) -> None:
+        """Store the results of finished jobs; they stay held back if the database fails."""
+        if not self._results:
             return
         assert self._store is not None
-        stored = self._store.complete_many(self.worker_id, results)
-        for job_id, _ in results:
+        stored = self._store.complete_many(self.worker_id, self._results)
+        for job_id, _ in self._results:
+            self._held.discard(job_id)
             if job_id not in stored:
                 logger.warning(
                     "worker %s: result of job %d discarded, the worker no longer holds it "
@@ -152,12 +195,14 @@ class Worker:
                     self.worker_id,
                     job_id,
                 )
+        self._results = []
 
     def _give_back(self, jobs: list[ClaimedJob]) -> None:
         assert self._store is not None
         returned = self._store.requeue_unstarted(
             self.worker_id, [job.id for job in jobs], "worker stopped before starting the job"
         )
+        self._held.difference_update(job.id for job in jobs)
         if returned:
             logger.info(
                 "worker %s gave back %d unstarted jobs: %s",
@@ -206,6 +251,7 @@ class Worker:
 
         delay = retry_delay(job.retry_count, self.settings.retry_base_delay_s, self.settings.retry_max_delay_s)
         row = self._store.fail_attempt(job.id, self.worker_id, error, details, delay)
+        self._held.discard(job.id)
         if row is None:
             logger.warning("job %d (%s) failed but its lease was lost: %s", job.id, job.type, error)
         elif row["status"] == "pending":
