@@ -96,8 +96,19 @@ class JobStore:
     # Workers
 
     def claim(
-        self, types: Sequence[str], worker: str, batch_size: int, lease_seconds: float
+        self,
+        types: Sequence[str],
+        worker: str,
+        batch_size: int,
+        lease_seconds: float,
+        *,
+        type_limits: Sequence[int] | None = None,
+        max_per_user: int | None = None,
     ) -> list[ClaimedJob]:
+        """Claim due jobs in priority order within the running-job limits over all nodes.
+
+        ``type_limits`` is aligned with ``types``; None for either limit means no limit.
+        """
         rows = self.conn.execute(
             query("claim"),
             {
@@ -105,6 +116,8 @@ class JobStore:
                 "worker": worker,
                 "batch_size": batch_size,
                 "lease_seconds": lease_seconds,
+                "type_limits": None if type_limits is None else list(type_limits),
+                "max_per_user": max_per_user,
             },
         ).fetchall()
         return [ClaimedJob(**row) for row in rows]

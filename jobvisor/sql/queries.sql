@@ -22,7 +22,10 @@ RETURNING id
 -- name: claim
 -- Claim up to batch_size due jobs of the given types for one worker, in priority order.
 SELECT id, type, input_data, user_id, user_type, retry_count, max_retries, created_at, run_at
-FROM claim_jobs(%(types)s::text[], %(worker)s, %(batch_size)s, %(lease_seconds)s)
+FROM claim_jobs(
+    %(types)s::text[], %(worker)s, %(batch_size)s, %(lease_seconds)s,
+    %(type_limits)s::integer[], %(max_per_user)s
+)
 
 -- name: complete_many
 -- Mark jobs completed with their results, only while the given worker still holds them.

@@ -125,7 +125,14 @@ class Worker:
         assert self._store is not None
         self._flush()
         self._woken = False
-        jobs = self._store.claim(self.types, self.worker_id, self._batch_size, self.settings.lease_seconds)
+        jobs = self._store.claim(
+            self.types,
+            self.worker_id,
+            self._batch_size,
+            self.settings.lease_seconds,
+            type_limits=[self.app.job_types[t].concurrency for t in self.types],
+            max_per_user=self.settings.max_jobs_per_user,
+        )
         self._held.update(job.id for job in jobs)
         if jobs:
             self._run_batch(jobs)

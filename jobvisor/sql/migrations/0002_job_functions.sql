@@ -65,21 +65,65 @@ $$;
 -- The claim never sorts all pending rows: each group from pending_group_heads contributes
 -- the head of its index range, and only those heads are merged by score. SKIP LOCKED makes
 -- concurrent claims take disjoint rows.
+--
+-- type_limits (aligned with types_param) caps the jobs of each type in processing, and
+-- max_per_user the jobs of one user, over all workers of all nodes. Claims that must respect
+-- a limit serialize on transaction-level advisory locks, per type and then per user, each
+-- set taken in sorted order so that no two claims wait for each other in a cycle. After the
+-- locks, a new statement counts the running jobs again, so it sees every claim committed by
+-- the previous holder of a lock.
 CREATE FUNCTION claim_jobs(
     types_param text[],
     worker_param text,
     batch_size integer,
-    lease_seconds double precision
+    lease_seconds double precision,
+    type_limits integer[] DEFAULT NULL,
+    max_per_user integer DEFAULT NULL
 )
 RETURNS SETOF background_jobs
 LANGUAGE plpgsql AS $$
+DECLARE
+    candidate record;
+    picked bigint[] := '{}';
+    type_room jsonb := '{}';
+    user_room jsonb := '{}';
+    saturated text[] := '{}';
+    candidate_ids bigint[];
+    candidate_users text[];
 BEGIN
-    RETURN QUERY
-    WITH candidates AS (
-        SELECT c.id, c.score, c.run_at
+    IF type_limits IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended('jobvisor type ' || t.type, 0))
+        FROM (SELECT DISTINCT u.type FROM unnest(types_param) AS u(type) ORDER BY u.type) AS t;
+
+        SELECT coalesce(jsonb_object_agg(l.type, l.max_running - coalesce(r.running, 0)), '{}')
+        INTO type_room
+        FROM unnest(types_param, type_limits) AS l(type, max_running)
+        LEFT JOIN (
+            SELECT j.type, count(*) AS running FROM background_jobs AS j
+            WHERE j.status = 'processing' AND j.type = ANY(types_param)
+            GROUP BY j.type
+        ) AS r ON r.type = l.type;
+    END IF;
+
+    IF max_per_user IS NOT NULL THEN
+        SELECT coalesce(array_agg(j.user_id), '{}') INTO saturated
+        FROM (
+            SELECT user_id FROM background_jobs
+            WHERE status = 'processing' AND user_id IS NOT NULL
+            GROUP BY user_id HAVING count(*) >= max_per_user
+        ) AS j;
+    END IF;
+
+    -- Candidates: the due heads of each group, skipping users already at their limit, with
+    -- room for jobs that the limits will turn away.
+    SELECT array_agg(c.id ORDER BY c.score DESC, c.run_at, c.id),
+           array_agg(DISTINCT c.user_id) FILTER (WHERE c.user_id IS NOT NULL)
+    INTO candidate_ids, candidate_users
+    FROM (
+        SELECT c.id, c.score, c.run_at, c.user_id
         FROM pending_group_heads(types_param) AS g
         CROSS JOIN LATERAL (
-            SELECT j.id, j.run_at,
+            SELECT j.id, j.run_at, j.user_id,
                    g.static_priority
                    + least(5.0, extract(epoch FROM clock_timestamp() - j.run_at) / 600.0) AS score
             FROM background_jobs AS j
@@ -87,6 +131,8 @@ BEGIN
               AND j.type = g.type
               AND j.static_priority = g.static_priority
               AND j.run_at <= clock_timestamp()
+              AND (j.user_id IS NULL OR NOT j.user_id = ANY(saturated))
+              AND coalesce((type_room ->> g.type)::integer, batch_size) > 0
             ORDER BY j.run_at
             LIMIT batch_size
             FOR UPDATE SKIP LOCKED
@@ -94,8 +140,49 @@ BEGIN
         WHERE g.run_at <= clock_timestamp()
         ORDER BY c.score DESC, c.run_at, c.id
         LIMIT batch_size
-    )
-    , claimed AS (
+    ) AS c;
+
+    IF candidate_ids IS NULL THEN
+        RETURN;
+    END IF;
+
+    IF max_per_user IS NOT NULL AND candidate_users IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended('jobvisor user ' || u.user_id, 0))
+        FROM (SELECT DISTINCT x.user_id FROM unnest(candidate_users) AS x(user_id) ORDER BY x.user_id) AS u;
+
+        SELECT coalesce(jsonb_object_agg(u.user_id, max_per_user - coalesce(r.running, 0)), '{}')
+        INTO user_room
+        FROM unnest(candidate_users) AS u(user_id)
+        LEFT JOIN (
+            SELECT j.user_id, count(*) AS running FROM background_jobs AS j
+            WHERE j.status = 'processing' AND j.user_id = ANY(candidate_users)
+            GROUP BY j.user_id
+        ) AS r ON r.user_id = u.user_id;
+    END IF;
+
+    FOR candidate IN
+        SELECT j.id, j.type, j.user_id
+        FROM unnest(candidate_ids) WITH ORDINALITY AS c(id, n)
+        JOIN background_jobs AS j ON j.id = c.id
+        ORDER BY c.n
+    LOOP
+        CONTINUE WHEN type_limits IS NOT NULL AND (type_room ->> candidate.type)::integer <= 0;
+        CONTINUE WHEN max_per_user IS NOT NULL AND candidate.user_id IS NOT NULL
+                      AND (user_room ->> candidate.user_id)::integer <= 0;
+        picked := picked || candidate.id;
+        IF type_limits IS NOT NULL THEN
+            type_room := jsonb_set(type_room, ARRAY[candidate.type],
+                                   to_jsonb((type_room ->> candidate.type)::integer - 1));
+        END IF;
+        IF max_per_user IS NOT NULL AND candidate.user_id IS NOT NULL THEN
+            user_room := jsonb_set(user_room, ARRAY[candidate.user_id],
+                                   to_jsonb((user_room ->> candidate.user_id)::integer - 1));
+        END IF;
+    END LOOP;
+
+    -- UPDATE returns rows in no particular order; the caller runs them in candidate order.
+    RETURN QUERY
+    WITH claimed AS (
         UPDATE background_jobs AS j
         SET status = 'processing',
             locked_by = worker_param,
@@ -104,12 +191,13 @@ BEGIN
             updated_at = now(),
             progress = 0,
             current_step = NULL
-        FROM candidates AS c
-        WHERE j.id = c.id
-        RETURNING j AS job, c.score
+        WHERE j.id = ANY(picked)
+        RETURNING j.*
     )
-    -- UPDATE returns rows in no particular order; the caller runs them in this one.
-    SELECT (claimed.job).* FROM claimed ORDER BY claimed.score DESC, (claimed.job).run_at, (claimed.job).id;
+    SELECT claimed.*
+    FROM claimed
+    JOIN unnest(picked) WITH ORDINALITY AS p(id, n) ON p.id = claimed.id
+    ORDER BY p.n;
 END;
 $$;
 
