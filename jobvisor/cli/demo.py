@@ -104,7 +104,7 @@ def print_summary(outcomes: list[dict[str, Any]], elapsed: float, console: Conso
 
     table = Table(title="demo summary")
     for column in ("job type", "jobs", "completed", "failed", "retried", "p50 latency", "p95 latency"):
-        table.add_column(column, justify="left" if column == "job type" else "right")
+        table.add_column(column, justify="left" if column == "job type" else "right", no_wrap=True)
     for job_type, rows in sorted(by_type.items()):
         latencies = [float(r["latency_s"]) for r in rows if r["status"] == "completed"]
         table.add_row(
