@@ -60,6 +60,7 @@ ENVIRONMENT = {
     "JOBVISOR_LEASE_SECONDS": "lease_seconds",
     "JOBVISOR_DRAIN_TIMEOUT": "drain_timeout_s",
     "JOBVISOR_MAX_PAYLOAD_BYTES": "max_payload_bytes",
+    "JOBVISOR_SNAPSHOT_INTERVAL": "snapshot_interval_s",
 }
 
 
@@ -104,6 +105,8 @@ class Settings:
     max_payload_bytes: int = 1_048_576
     # Seconds between expired-lease sweeps.
     lease_sweep_interval_s: float = 5.0
+    # Seconds between telemetry snapshot files.
+    snapshot_interval_s: float = 5.0
 
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):

@@ -9,10 +9,12 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import orjson
+from rich import box
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -53,6 +55,11 @@ def add_commands(subparsers: Any) -> None:
     status.add_argument("job_id", nargs="?", type=int, metavar="JOB_ID", help="show this job")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=command_status)
+
+    telemetry = subparsers.add_parser("telemetry", help="show the supervisor's latest telemetry snapshot")
+    telemetry.add_argument("--json", action="store_true", help="print the snapshot file's JSON")
+    telemetry.add_argument("--watch", action="store_true", help="redraw whenever the snapshot changes")
+    telemetry.set_defaults(handler=command_telemetry)
 
     migrate_parser = subparsers.add_parser("migrate", help="apply the database migrations")
     migrate_parser.set_defaults(handler=command_migrate)
@@ -249,3 +256,62 @@ def command_cleanup(args: argparse.Namespace) -> int:
     print(f"deleted {total} finished jobs older than {args.days} days")
     logging.getLogger("jobvisor.cli").info("cleanup deleted %d jobs older than %d days", total, args.days)
     return 0
+
+
+def command_telemetry(args: argparse.Namespace) -> int:
+    from jobvisor.telemetry.snapshot import read_snapshot, snapshot_path
+
+    path = snapshot_path()
+    try:
+        snapshot = read_snapshot(path)
+    except FileNotFoundError:
+        print(f"jobvisor: no telemetry snapshot at {path}; is a supervisor running with this JOBVISOR_HOME?", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps(snapshot, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    if not args.watch:
+        Console().print(telemetry_view(snapshot))
+        return 0
+
+    from rich.live import Live
+
+    with Live(telemetry_view(snapshot), refresh_per_second=2) as live:
+        while True:
+            time.sleep(1.0)
+            try:
+                live.update(telemetry_view(read_snapshot(path)))
+            except FileNotFoundError:
+                continue
+
+
+def telemetry_view(snapshot: dict[str, Any]) -> Table:
+    node = snapshot["node"]
+    metrics = snapshot["metrics"]
+    age = time.time() - snapshot["written_at"]
+    title = (
+        f"{node['hostname']} supervisor {node['supervisor_pid']} ({node.get('state', 'running')}), "
+        f"written {age:.0f} s ago: CPU {metrics['cpu_percent']:.0f} %, memory "
+        f"{metrics['memory_percent']:.0f} %, {metrics['active_jobs']} running, "
+        f"{metrics['queue_depth']} due, limit {snapshot['concurrency']['limit']}"
+    )
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    for column in ("pid", "job type", "state", "job", "RSS MB", "CPU %", "budget", "done"):
+        table.add_column(column, justify="left" if column in ("job type", "state", "budget") else "right", no_wrap=True)
+    for worker in snapshot["workers"]:
+        budget = worker["budget"]
+        table.add_row(
+            str(worker["pid"]),
+            worker["job_type"],
+            worker["state"],
+            "" if worker["job_id"] is None else str(worker["job_id"]),
+            _number(worker["rss_mb"]),
+            _number(worker["cpu_percent"]),
+            f"{budget['memory_mb']} MB, {budget['cpu_percent']} %",
+            str(worker["jobs_done"]),
+        )
+    return table
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"

@@ -26,7 +26,9 @@ from jobvisor.db.store import JobStore, TypeBacklog
 from jobvisor.errors import ConfigError
 from jobvisor.supervisor.allocation import TypeDemand, plan_workers
 from jobvisor.supervisor.children import Child, spawn_child
+from jobvisor.supervisor.observe import Observer
 from jobvisor.supervisor.restarts import RestartPolicy
+from jobvisor.telemetry.snapshot import write_snapshot
 
 if TYPE_CHECKING:
     from jobvisor.app import App
@@ -92,6 +94,10 @@ class Supervisor:
         self._wake_r = self._wake_w = -1
         # Every worker id this supervisor started; a dead one leaves when its jobs are requeued.
         self._all_worker_ids: set[str] = set()
+        self._observer = Observer(app, self.settings)
+        self._backlog: dict[str, TypeBacklog] = {}
+        self._started_at = time.time()
+        self._next_snapshot = 0.0
 
     # Lifecycle
 
@@ -117,8 +123,10 @@ class Supervisor:
                     continue
                 self._enforce_timeouts()
                 self._database_tick()
+                self._write_snapshot()
         finally:
             self._shutdown()
+        self._write_snapshot(final=True)
         logger.info("supervisor %s stopped", self.node)
         return 0
 
@@ -239,6 +247,7 @@ class Supervisor:
 
     def _on_child_exit(self, child: Child, status: int) -> None:
         del self.children[child.pid]
+        self._observer.forget(child.pid)
         child.read_status()
         child.close()
         code = os.waitstatus_to_exitcode(status)
@@ -327,6 +336,7 @@ class Supervisor:
     def _allocate(self, store: JobStore) -> None:
         capacity = self.settings.max_concurrent_jobs
         backlog = store.pending_summary(self.types, cap=capacity)
+        self._backlog = backlog
         if self.exit_when_idle and self._check_idle(store, backlog):
             self.request_stop("no jobs left")
             return
@@ -357,6 +367,19 @@ class Supervisor:
             while mine < count and len(self.children) < capacity and policy.may_start():
                 self._spawn(job_type)
                 mine += 1
+
+    def _write_snapshot(self, *, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now < self._next_snapshot:
+            return
+        self._next_snapshot = now + self.settings.snapshot_interval_s
+        paused = [t for t, policy in self.policies.items() if policy.paused()]
+        snapshot = self._observer.snapshot(list(self.children.values()), self._backlog, paused, self._started_at)
+        snapshot["node"]["state"] = "stopped" if final else ("stopping" if self._stopping else "running")
+        try:
+            write_snapshot(snapshot)
+        except OSError as error:
+            logger.error("supervisor %s could not write its telemetry snapshot: %s", self.node, error)
 
     def _check_idle(self, store: JobStore, backlog: dict[str, TypeBacklog]) -> bool:
         waiting = any(item.next_run_at is not None for item in backlog.values())
