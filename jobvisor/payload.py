@@ -29,10 +29,11 @@ def to_json(value: Any, *, what: str, max_bytes: int | None = None) -> str:
             f"{what} contains {_name_float(bad)} at {path}; JSON has no NaN or Infinity, so "
             "send null or a string instead"
         ) from None
-    except TypeError as error:
+    except TypeError:
+        path, bad = _find(value, _is_unsupported) or ("$", value)
         raise InvalidJobError(
-            f"{what} is not JSON-serializable ({error}); use dicts, lists, strings, numbers, "
-            "booleans and None"
+            f"{what} contains a value of type {type(bad).__name__} at {path}, which is not "
+            "JSON-serializable; use dicts, lists, strings, numbers, booleans and None"
         ) from None
 
     # The escaped form can also come from a literal backslash followed by "u0000", so the
@@ -45,8 +46,17 @@ def to_json(value: Any, *, what: str, max_bytes: int | None = None) -> str:
                 "cannot store it, so remove it or encode the data (for example as base64)"
             )
 
+    try:
+        encoded = text.encode()
+    except UnicodeEncodeError:
+        path, _ = _find(value, _has_surrogate) or ("$", None)
+        raise InvalidJobError(
+            f"{what} contains a lone surrogate code point at {path}, which is not valid UTF-8; "
+            "decode the text properly or remove the surrogate"
+        ) from None
+
     if max_bytes is not None:
-        size = len(text.encode())
+        size = len(encoded)
         if size > max_bytes:
             raise InvalidJobError(
                 f"{what} is {size} bytes of JSON, over the maximum of {max_bytes} bytes; store "
@@ -57,6 +67,19 @@ def to_json(value: Any, *, what: str, max_bytes: int | None = None) -> str:
 
 def _has_nul(value: Any) -> bool:
     return isinstance(value, str) and "\x00" in value
+
+
+def _has_surrogate(value: Any) -> bool:
+    return isinstance(value, str) and any("\ud800" <= char <= "\udfff" for char in value)
+
+
+def _is_unsupported(value: Any) -> bool:
+    return not isinstance(value, (dict, list, tuple, str, int, float, bool, type(None)))
+
+
+def _is_scalar_key(key: Any) -> bool:
+    # json turns int, float, bool and None keys into strings; other keys raise TypeError.
+    return isinstance(key, (str, int, float, bool, type(None)))
 
 
 def _is_non_finite(value: Any) -> bool:
@@ -77,7 +100,7 @@ def _find(value: Any, predicate: Any, path: str = "$") -> tuple[str, Any] | None
         return path, value
     if isinstance(value, dict):
         for key, item in value.items():
-            if predicate(key):
+            if predicate(key) or (predicate is _is_unsupported and not _is_scalar_key(key)):
                 return f"{path} (key {key!r})", key
             child = f"{path}.{key}" if isinstance(key, str) else f"{path}[{key!r}]"
             found = _find(item, predicate, child)

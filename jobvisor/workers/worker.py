@@ -36,6 +36,8 @@ NOTIFY_CHANNEL = "jobvisor_jobs"
 WAIT_SLICE_S = 0.25
 # Completed results are stored at least this often while a batch runs (seconds).
 COMPLETION_FLUSH_S = 0.2
+# Pause before claiming again when due jobs exist but a limit holds them back (seconds).
+BLOCKED_RETRY_S = 0.5
 # Reconnect delays after a lost database connection double from base to max (seconds).
 RECONNECT_BASE_S = 0.5
 RECONNECT_MAX_S = 15.0
@@ -180,9 +182,11 @@ class Worker:
                 last_flush = time.monotonic()
         self._flush()
 
-        # Short jobs are claimed in growing batches, long ones one at a time.
+        # Short jobs are claimed in growing batches, long ones one at a time. A worker of
+        # several types claims one at a time: claimed jobs count against their type's limit
+        # while they wait, so a batch could fill with lower-priority jobs of other types.
         mean = (time.monotonic() - batch_started) / len(jobs)
-        if mean < self.settings.short_job_s:
+        if mean < self.settings.short_job_s and len(self.types) == 1:
             self._batch_size = min(self._batch_size * 2, self.settings.claim_batch_max)
         else:
             self._batch_size = 1
@@ -236,17 +240,20 @@ class Worker:
         started = time.monotonic()
         error: str | None = None
         details: str | None = None
+        return_value = "null"
         try:
             with _soft_timeout(spec.timeout):
                 result = spec.handler(context, job.input_data)
-            return_value = to_json(result, what=f"the result of job {job.id}")
         except JobTimeoutError:
             error = f"timed out after {spec.timeout:g} s"
-        except InvalidJobError as failure:
-            error = f"handler returned a result that cannot be stored: {failure}"
         except Exception as failure:  # noqa: BLE001 - a handler may raise anything
             error = f"{type(failure).__name__}: {failure}"
             details = traceback.format_exc()
+        else:
+            try:
+                return_value = to_json(result, what=f"the result of job {job.id}")
+            except InvalidJobError as failure:
+                error = f"handler returned a result that cannot be stored: {failure}"
         finally:
             self.jobs_done += 1
             self._send_status(f"D {job.id}")
@@ -286,7 +293,10 @@ class Worker:
             return False
         timeout = self.settings.poll_interval_s
         if waits:
-            timeout = max(0.0, min(timeout, min(waits)))
+            # A due job that the claim did not return is held back by a running-job limit;
+            # retry after a short pause rather than at once.
+            next_due = min(waits)
+            timeout = min(timeout, next_due if next_due > 0 else BLOCKED_RETRY_S)
         deadline = time.monotonic() + timeout
         while not self._woken and not self.stopping:
             remaining = deadline - time.monotonic()

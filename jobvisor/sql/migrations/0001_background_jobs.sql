@@ -44,10 +44,10 @@ CREATE TABLE background_jobs (
     )
 );
 
--- Claim order: within one (type, static_priority) group the job that became due first has
--- the highest score, so the claim reads only the head of each group.
+-- Claim order: within one (type, static_priority) group the job that became due first (then
+-- the lower id) has the highest score, so the claim reads only the head of each group.
 CREATE INDEX background_jobs_claim_idx
-    ON background_jobs (type, static_priority, run_at)
+    ON background_jobs (type, static_priority, run_at, id)
     WHERE status = 'pending';
 
 -- Lease renewal, lease expiry and requeueing a dead worker's jobs.

@@ -60,7 +60,9 @@ $$;
 
 
 -- Claim up to batch_size due pending jobs of the given types for one worker, highest score
--- first, where score = static_priority + min(5, minutes since run_at / 10).
+-- first, where score = static_priority + min(5, minutes since run_at / 10) and ties go to
+-- the earlier run_at, then the lower id. Scores use now(), the transaction's start time, so
+-- every row of one claim is aged against the same instant.
 --
 -- The claim never sorts all pending rows: each group from pending_group_heads contributes
 -- the head of its index range, and only those heads are merged by score. SKIP LOCKED makes
@@ -125,19 +127,19 @@ BEGIN
         CROSS JOIN LATERAL (
             SELECT j.id, j.run_at, j.user_id,
                    g.static_priority
-                   + least(5.0, extract(epoch FROM clock_timestamp() - j.run_at) / 600.0) AS score
+                   + least(5.0, extract(epoch FROM now() - j.run_at) / 600.0) AS score
             FROM background_jobs AS j
             WHERE j.status = 'pending'
               AND j.type = g.type
               AND j.static_priority = g.static_priority
-              AND j.run_at <= clock_timestamp()
+              AND j.run_at <= now()
               AND (j.user_id IS NULL OR NOT j.user_id = ANY(saturated))
               AND coalesce((type_room ->> g.type)::integer, batch_size) > 0
-            ORDER BY j.run_at
+            ORDER BY j.run_at, j.id
             LIMIT batch_size
             FOR UPDATE SKIP LOCKED
         ) AS c
-        WHERE g.run_at <= clock_timestamp()
+        WHERE g.run_at <= now()
         ORDER BY c.score DESC, c.run_at, c.id
         LIMIT batch_size
     ) AS c;
