@@ -8,6 +8,7 @@ arguments given in code or on the command line.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -110,16 +111,16 @@ class Settings:
 
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
-            value = getattr(self, item.name)
             if item.name == "profile":
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"setting {item.name} must be a number, got {value!r}")
-            if value <= 0:
-                raise ConfigError(f"setting {item.name} must be greater than 0, got {value!r}")
+            _check_number(item.name, getattr(self, item.name), type(item.default))
         if self.profile is not None and self.profile not in PROFILES:
             raise ConfigError(
                 f"unknown profile {self.profile!r}; choose one of {', '.join(PROFILES)}"
+            )
+        if self.job_cpu_limit_percent > 100:
+            raise ConfigError(
+                f"setting job_cpu_limit_percent is {self.job_cpu_limit_percent}, over 100 % of the machine"
             )
 
     @property
@@ -147,12 +148,31 @@ class Settings:
             raw = environ.get(variable)
             if raw is None or raw.strip() == "":
                 continue
-            values[name] = _parse_number(variable, raw, _field_type(name))
+            value = _parse_number(variable, raw, _field_type(name))
+            _check_number(f"environment variable {variable}", value, _field_type(name), raw=raw)
+            values[name] = value
+        known = {item.name for item in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"unknown settings {unknown}; known settings: {sorted(known)}")
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(profile=profile, **values)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+def _check_number(name: str, value: Any, kind: type, *, raw: str | None = None) -> None:
+    """Raise ConfigError unless ``value`` is a finite number above 0 of the setting's kind."""
+    shown = repr(raw) if raw is not None else repr(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name}={shown} is not a number")
+    if kind is int and not isinstance(value, int):
+        raise ConfigError(f"{name}={shown} is not an integer")
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}={shown} is not a finite number")
+    if value <= 0:
+        raise ConfigError(f"{name}={shown} must be greater than 0")
 
 
 def _field_type(name: str) -> type:

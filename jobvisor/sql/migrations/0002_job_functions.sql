@@ -116,33 +116,83 @@ BEGIN
         ) AS j;
     END IF;
 
-    -- Candidates: the due heads of each group, skipping users already at their limit, with
-    -- room for jobs that the limits will turn away.
-    SELECT array_agg(c.id ORDER BY c.score DESC, c.run_at, c.id),
-           array_agg(DISTINCT c.user_id) FILTER (WHERE c.user_id IS NOT NULL)
-    INTO candidate_ids, candidate_users
-    FROM (
-        SELECT c.id, c.score, c.run_at, c.user_id
-        FROM pending_group_heads(types_param) AS g
+    -- Candidates: the due heads of each group, skipping users already at their limit. A
+    -- first pass without locks finds how many of the best batch_size jobs each group holds;
+    -- the second locks that many rows per group, skipping rows that other claims hold, so
+    -- no row is locked that this claim will not take.
+    WITH heads AS (
+        SELECT * FROM pending_group_heads(types_param) AS g
+        WHERE g.run_at <= now() AND coalesce((type_room ->> g.type)::integer, batch_size) > 0
+    ),
+    preview AS (
+        SELECT g.type, g.static_priority
+        FROM heads AS g
         CROSS JOIN LATERAL (
-            SELECT j.id, j.run_at, j.user_id,
-                   g.static_priority
-                   + least(5.0, extract(epoch FROM now() - j.run_at) / 600.0) AS score
+            SELECT g.static_priority
+                   + least(5.0, extract(epoch FROM now() - j.run_at) / 600.0) AS score,
+                   j.run_at, j.id
             FROM background_jobs AS j
             WHERE j.status = 'pending'
               AND j.type = g.type
               AND j.static_priority = g.static_priority
               AND j.run_at <= now()
               AND (j.user_id IS NULL OR NOT j.user_id = ANY(saturated))
-              AND coalesce((type_room ->> g.type)::integer, batch_size) > 0
             ORDER BY j.run_at, j.id
             LIMIT batch_size
-            FOR UPDATE SKIP LOCKED
         ) AS c
-        WHERE g.run_at <= now()
         ORDER BY c.score DESC, c.run_at, c.id
         LIMIT batch_size
+    ),
+    quota AS (
+        SELECT type, static_priority, count(*) AS rows_wanted
+        FROM preview
+        GROUP BY type, static_priority
+    )
+    SELECT coalesce(array_agg(c.id), '{}')
+    INTO candidate_ids
+    FROM quota AS q
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.run_at, j.user_id,
+               q.static_priority + least(5.0, extract(epoch FROM now() - j.run_at) / 600.0) AS score
+        FROM background_jobs AS j
+        WHERE j.status = 'pending'
+          AND j.type = q.type
+          AND j.static_priority = q.static_priority
+          AND j.run_at <= now()
+          AND (j.user_id IS NULL OR NOT j.user_id = ANY(saturated))
+        ORDER BY j.run_at, j.id
+        LIMIT q.rows_wanted
+        FOR UPDATE SKIP LOCKED
     ) AS c;
+
+    -- Under contention the quota of a group can land on rows that other claims hold; then
+    -- take the rest from any group, still skipping locked rows.
+    IF cardinality(candidate_ids) < batch_size THEN
+        SELECT candidate_ids || coalesce(array_agg(c.id), '{}')
+        INTO candidate_ids
+        FROM pending_group_heads(types_param) AS g
+        CROSS JOIN LATERAL (
+            SELECT j.id
+            FROM background_jobs AS j
+            WHERE j.status = 'pending'
+              AND j.type = g.type
+              AND j.static_priority = g.static_priority
+              AND j.run_at <= now()
+              AND (j.user_id IS NULL OR NOT j.user_id = ANY(saturated))
+              AND NOT j.id = ANY(candidate_ids)
+            ORDER BY j.run_at, j.id
+            LIMIT batch_size - cardinality(candidate_ids)
+            FOR UPDATE SKIP LOCKED
+        ) AS c
+        WHERE g.run_at <= now() AND coalesce((type_room ->> g.type)::integer, batch_size) > 0;
+    END IF;
+
+    -- Order the locked candidates by score; the loop below takes them in this order.
+    SELECT array_agg(j.id ORDER BY j.static_priority + least(5.0, extract(epoch FROM now() - j.run_at) / 600.0) DESC, j.run_at, j.id),
+           array_agg(DISTINCT j.user_id) FILTER (WHERE j.user_id IS NOT NULL)
+    INTO candidate_ids, candidate_users
+    FROM background_jobs AS j
+    WHERE j.id = ANY(candidate_ids);
 
     IF candidate_ids IS NULL THEN
         RETURN;
@@ -218,7 +268,9 @@ BEGIN
                 WHEN count_attempt AND j.retry_count >= j.max_retries THEN 'failed'::job_status
                 ELSE 'pending'::job_status
             END,
-            retry_count = j.retry_count + CASE WHEN count_attempt THEN 1 ELSE 0 END,
+            -- A job that fails here keeps retry_count = max_retries, as after a failed attempt.
+            retry_count = j.retry_count
+                + CASE WHEN count_attempt AND j.retry_count < j.max_retries THEN 1 ELSE 0 END,
             error = CASE WHEN count_attempt THEN reason ELSE j.error END,
             attempts = j.attempts || jsonb_build_object(
                 'attempt', j.retry_count + 1,
