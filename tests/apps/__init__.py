@@ -1,0 +1,1 @@
+"""Small jobvisor applications that the process-level tests run as supervisors."""
