@@ -48,7 +48,8 @@ def dsn_for(server_dsn: str, dbname: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def template_database(server_dsn: str) -> str:
+def template_database(server_dsn: str) -> Iterator[str]:
+    """A migrated database that each test's database is cloned from; dropped at the end."""
     with psycopg.connect(server_dsn, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}"')
         admin.execute(f'CREATE DATABASE "{TEMPLATE}"')
@@ -57,7 +58,9 @@ def template_database(server_dsn: str) -> str:
 
         conn.row_factory = dict_row  # type: ignore[assignment]
         migrate(conn)  # type: ignore[arg-type]
-    return TEMPLATE
+    yield TEMPLATE
+    with psycopg.connect(server_dsn, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
 
 
 @pytest.fixture
