@@ -1,4 +1,4 @@
-"""Where jobvisor keeps its files on this machine."""
+"""Location of jobvisor's files on this machine."""
 
 from __future__ import annotations
 

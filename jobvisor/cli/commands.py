@@ -105,7 +105,7 @@ def configure_app(app: App, args: argparse.Namespace, **overrides: Any) -> App:
 
 
 def open_store(args: argparse.Namespace) -> JobStore:
-    """A store on the command's database, for commands that need no App."""
+    """Open a job store on the command's database, for commands that need no App."""
     app = App(args.dsn, settings=settings_from(args))
     return JobStore(app.connect(application_name="jobvisor-cli"))
 

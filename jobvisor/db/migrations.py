@@ -1,8 +1,9 @@
 """Applying the numbered files in ``jobvisor/sql/migrations`` in order, once each.
 
-Each file runs in its own transaction together with the row that records it in
-``jobvisor_migrations``. An advisory lock makes concurrent callers (two supervisors starting
-at once) apply each file exactly once.
+All pending files run in one transaction, each with the row that records it in
+``jobvisor_migrations``, so a failure applies none of them. A transaction-level advisory lock
+serializes concurrent callers (two supervisors starting at once), and the caller that gets
+the lock second finds the files already recorded and skips them.
 """
 
 from __future__ import annotations

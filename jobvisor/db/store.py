@@ -42,7 +42,7 @@ class ClaimedJob:
 
 @dataclass(frozen=True)
 class TypeBacklog:
-    """What waits for one job type, as the supervisor sees it."""
+    """Backlog of one job type: due jobs, the next run_at and the best claim score."""
 
     type: str
     due: int

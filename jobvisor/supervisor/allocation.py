@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class TypeDemand:
-    """What one job type asks of the node right now."""
+    """Demand of one job type on the node at the moment of planning."""
 
     name: str
     # This type's concurrency limit.

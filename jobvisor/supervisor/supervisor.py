@@ -1,10 +1,10 @@
 """The supervisor: one process per node that forks, watches and restarts worker processes.
 
-It is single-threaded, so fork() is safe. Signal handlers only queue the signal; the loop
-then, on each turn: handles queued signals, reads the children's status pipes, reaps dead
-children and requeues their jobs, kills children past their hard timeout, renews the leases
-of live children's jobs, requeues jobs whose lease expired on any node, and forks or retires
-workers so that each job type has the number that the allocation plan gives it.
+It is single-threaded, so fork() is safe. Signal handlers only queue the signal. Each turn
+of the loop handles queued signals, reads the children's status pipes, and reaps dead
+children, requeueing their jobs. It then kills children past their hard timeout, renews the
+leases of live children's jobs and requeues jobs whose lease expired on any node. Last, it
+forks or retires workers until each job type has the number the allocation plan gives it.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "jobvisor_jobs"
 ALLOCATE_INTERVAL_S = 1.0
-# Longest sleep of one loop turn; signals and child exits wake the loop sooner.
+# Maximum sleep of one loop turn (seconds). Signals and child exits wake the loop sooner.
 TICK_S = 0.5
 DB_RETRY_S = 2.0
 
@@ -375,7 +375,13 @@ class Supervisor:
         self._next_snapshot = now + self.settings.snapshot_interval_s
         paused = [t for t, policy in self.policies.items() if policy.paused()]
         snapshot = self._observer.snapshot(list(self.children.values()), self._backlog, paused, self._started_at)
-        snapshot["node"]["state"] = "stopped" if final else ("stopping" if self._stopping else "running")
+        if final:
+            state = "stopped"
+        elif self._stopping:
+            state = "stopping"
+        else:
+            state = "running"
+        snapshot["node"]["state"] = state
         try:
             write_snapshot(snapshot)
         except OSError as error:

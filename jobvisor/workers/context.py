@@ -1,4 +1,4 @@
-"""What a handler receives besides its input data."""
+"""The job context, passed to every handler beside its input data."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from jobvisor.errors import InvalidJobError
 
 
 class JobContext:
-    """The running job as its handler sees it.
+    """The running job, from its handler's side.
 
     ``attempt`` counts from 1; a job retried twice runs its third attempt.
     """

@@ -32,11 +32,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "jobvisor_jobs"
-# Longest single wait on the socket, so that a stop request is seen promptly.
+# Maximum single wait on the socket (seconds), so that a stop request takes effect promptly.
 WAIT_SLICE_S = 0.25
 # Completed results are stored at least this often while a batch runs (seconds).
 COMPLETION_FLUSH_S = 0.2
-# Pause before claiming again when due jobs exist but a limit holds them back (seconds).
+# Pause before claiming again when due jobs exist but a running-job limit blocks them (seconds).
 BLOCKED_RETRY_S = 0.5
 # Reconnect delays after a lost database connection double from base to max (seconds).
 RECONNECT_BASE_S = 0.5
