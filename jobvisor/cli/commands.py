@@ -1,4 +1,5 @@
-"""Commands that operate on the queue: run, enqueue, status, migrate, cleanup."""
+"""Commands that operate on the queue: run, enqueue, status, telemetry, health, migrate,
+cleanup."""
 
 from __future__ import annotations
 
@@ -8,16 +9,19 @@ import importlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from jobvisor.app import App
 from jobvisor.config import Settings
@@ -29,6 +33,19 @@ from jobvisor.errors import ConfigError, InvalidJobError
 STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
 DEFAULT_APP = "jobvisor.demo:app"
 CLEANUP_BATCH = 5000
+PIPE_WIDTH = 120  # minimum console columns when stdout is not a terminal
+
+# rich styles of health statuses and of worker states
+STATUS_STYLES = {
+    "ok": "green",
+    "watch": "cyan",
+    "warning": "yellow",
+    "critical": "bold red",
+    "skipped": "dim",
+}
+WORKER_STATE_STYLES = {"throttled": "yellow", "stopping": "dim", "killing": "red"}
+
+logger = logging.getLogger(__name__)
 
 
 def add_commands(subparsers: Any) -> None:
@@ -57,9 +74,24 @@ def add_commands(subparsers: Any) -> None:
     status.set_defaults(handler=command_status)
 
     telemetry = subparsers.add_parser("telemetry", help="show the supervisor's latest telemetry snapshot")
-    telemetry.add_argument("--json", action="store_true", help="print the snapshot file's JSON")
-    telemetry.add_argument("--watch", action="store_true", help="redraw whenever the snapshot changes")
+    output = telemetry.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the snapshot file's JSON")
+    output.add_argument("--watch", action="store_true", help="redraw whenever the snapshot changes")
+    output.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE",
+        help="write a PNG chart of queue depth, throughput, CPU, memory and concurrency over time "
+        "(needs jobvisor[plot])",
+    )
     telemetry.set_defaults(handler=command_telemetry)
+
+    health = subparsers.add_parser(
+        "health",
+        help="check the telemetry snapshot against the health targets; exit 2 when critical",
+    )
+    health.add_argument("--json", action="store_true", help="print the status and checks as JSON")
+    health.set_defaults(handler=command_health)
 
     migrate_parser = subparsers.add_parser("migrate", help="apply the database migrations")
     migrate_parser.set_defaults(handler=command_migrate)
@@ -262,55 +294,222 @@ def command_telemetry(args: argparse.Namespace) -> int:
     from jobvisor.telemetry.snapshot import read_snapshot, snapshot_path
 
     path = snapshot_path()
-    try:
-        snapshot = read_snapshot(path)
-    except FileNotFoundError:
-        print(f"jobvisor: no telemetry snapshot at {path}; is a supervisor running with this JOBVISOR_HOME?", file=sys.stderr)
+    snapshot = load_snapshot(path)
+    if snapshot is None:
         return 1
     if args.json:
         print(orjson.dumps(snapshot, option=orjson.OPT_INDENT_2).decode())
         return 0
+    if args.plot is not None:
+        return plot_telemetry(snapshot, args.plot)
     if not args.watch:
-        Console().print(telemetry_view(snapshot))
+        console().print(telemetry_view(snapshot))
         return 0
 
     from rich.live import Live
 
-    with Live(telemetry_view(snapshot), refresh_per_second=2) as live:
+    with Live(telemetry_view(snapshot), console=console(), refresh_per_second=2) as live:
         while True:
             time.sleep(1.0)
             try:
                 live.update(telemetry_view(read_snapshot(path)))
-            except FileNotFoundError:
+            except (FileNotFoundError, orjson.JSONDecodeError):
                 continue
 
 
-def telemetry_view(snapshot: dict[str, Any]) -> Table:
+def command_health(args: argparse.Namespace) -> int:
+    """Print the health checks of the snapshot; exit 2 when the overall status is critical."""
+    from jobvisor.telemetry.health import CRITICAL, evaluate, overall_status, staleness_check
+    from jobvisor.telemetry.snapshot import snapshot_path
+
+    snapshot = load_snapshot(snapshot_path())
+    if snapshot is None:
+        return 1
+    checks = evaluate(snapshot)["checks"]
+    stale = staleness_check(snapshot, time.time())
+    if stale is not None:
+        checks.insert(0, stale)
+    status = overall_status(checks)
+    if args.json:
+        report = {"status": status, "checks": checks}
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    else:
+        console().print(health_view(snapshot, status, checks))
+    return 2 if status == CRITICAL else 0
+
+
+def load_snapshot(path: Path) -> dict[str, Any] | None:
+    """Read the snapshot at ``path``, or print why it cannot be read and return None."""
+    from jobvisor.telemetry.snapshot import read_snapshot
+
+    try:
+        return read_snapshot(path)
+    except FileNotFoundError:
+        print(
+            f"jobvisor: no telemetry snapshot at {path}; start a supervisor with `jobvisor run`, "
+            "or set JOBVISOR_HOME to the directory of a running supervisor",
+            file=sys.stderr,
+        )
+    except orjson.JSONDecodeError as error:
+        print(
+            f"jobvisor: telemetry snapshot {path} is not valid JSON ({error}); a running "
+            "supervisor replaces it within one snapshot interval",
+            file=sys.stderr,
+        )
+    return None
+
+
+def console() -> Console:
+    """Return a Console that is at least 120 columns wide when stdout is not a terminal."""
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=max(shutil.get_terminal_size().columns, PIPE_WIDTH))
+
+
+# Telemetry charts
+
+
+def plot_telemetry(snapshot: dict[str, Any], destination: Path) -> int:
+    """Write the PNG chart of the snapshot's samples to ``destination``; return the exit code."""
+    from jobvisor.telemetry.plot import plot_window
+
+    node = snapshot["node"]
+    title = f"{node['hostname']} supervisor {node['supervisor_pid']}"
+    try:
+        columns, source = plot_columns(snapshot)
+    except (KeyError, ValueError) as error:
+        print(f"jobvisor: invalid telemetry window in the snapshot: {error}", file=sys.stderr)
+        return 1
+    samples = int(np.isfinite(columns.get("timestamp", np.empty(0))).sum())
+    if samples == 0:
+        print(
+            f"jobvisor: no samples to plot in {source} yet; "
+            "wait a few seconds until the supervisor has taken some",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        written = plot_window(columns, destination, title)
+    except ImportError as error:
+        print(f"jobvisor: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(
+            f"jobvisor: failed to write {destination}: {error.strerror}; "
+            "give --plot a path in an existing, writable directory",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"wrote {written}: {samples} samples from {source}")
+    return 0
+
+
+def plot_columns(snapshot: dict[str, Any]) -> tuple[dict[str, np.ndarray], str]:
+    """Return the sample columns to plot and where they came from.
+
+    The live shared-memory ring of the supervisor keeps up to its capacity of rows (4096 by
+    default), more than the snapshot's window, so it is used while it exists and has rows.
+    """
+    from jobvisor.telemetry.plot import columns_from_window
+    from jobvisor.telemetry.shm import SHM_DIRECTORY, LayoutError, attach
+
+    segment = snapshot["node"].get("telemetry_segment")
+    if segment and (SHM_DIRECTORY / segment).exists():
+        try:
+            block = attach(segment)
+        except (OSError, LayoutError) as error:
+            logger.warning(
+                "cannot read telemetry block %s, plotting the snapshot window instead: %s",
+                segment, error,
+            )  # fmt: skip
+        else:
+            try:
+                columns = block.latest_columns()
+            finally:
+                block.close()
+            if columns.get("timestamp", np.empty(0)).size:
+                return columns, f"shared memory {segment}"
+    return columns_from_window(snapshot["window"]), "the snapshot window"
+
+
+# Telemetry tables
+
+
+def telemetry_view(snapshot: dict[str, Any]) -> Group:
+    """Render the snapshot: node and metrics header, workers table, last concurrency decision."""
     node = snapshot["node"]
     metrics = snapshot["metrics"]
-    age = time.time() - snapshot["written_at"]
-    title = (
+    concurrency = snapshot["concurrency"]
+    now = time.time()
+    health = (snapshot.get("health") or {}).get("status", "-")
+    level = concurrency.get("level")
+    limit = f"limit {concurrency['limit']}" + ("" if level is None else f" (level {level})")
+    header = Text.assemble(
         f"{node['hostname']} supervisor {node['supervisor_pid']} ({node.get('state', 'running')}), "
-        f"written {age:.0f} s ago: CPU {metrics['cpu_percent']:.0f} %, memory "
-        f"{metrics['memory_percent']:.0f} %, {metrics['active_jobs']} running, "
-        f"{metrics['queue_depth']} due, limit {snapshot['concurrency']['limit']}"
+        f"written {now - snapshot['written_at']:.0f} s ago, health ",
+        (health, STATUS_STYLES.get(health, "")),
+        "\n",
+        f"CPU {metrics['cpu_percent']:.0f} %, memory {metrics['memory_percent']:.0f} %, "
+        f"{metrics['active_jobs']} running, {metrics['queue_depth']} due, {limit}, "
+        f"throughput {_number(metrics.get('throughput_per_min'))}/min, "
+        f"p95 latency {_number(metrics.get('latency_p95_s'))} s",
     )
-    table = Table(title=title, box=box.SIMPLE_HEAD)
-    for column in ("pid", "job type", "state", "job", "RSS MB", "CPU %", "budget", "done"):
-        table.add_column(column, justify="left" if column in ("job type", "state", "budget") else "right", no_wrap=True)
+
+    table = Table(box=box.SIMPLE_HEAD)
+    columns = ("pid", "job type", "state", "job", "RSS MB", "USS MB", "CPU %", "budget", "done")
+    for column in columns:
+        justify = "left" if column in ("job type", "state", "budget") else "right"
+        table.add_column(column, justify=justify, no_wrap=True)
     for worker in snapshot["workers"]:
         budget = worker["budget"]
         table.add_row(
             str(worker["pid"]),
             worker["job_type"],
-            worker["state"],
+            Text(worker["state"], style=WORKER_STATE_STYLES.get(worker["state"], "")),
             "" if worker["job_id"] is None else str(worker["job_id"]),
             _number(worker["rss_mb"]),
+            _number(worker.get("uss_mb")),
             _number(worker["cpu_percent"]),
             f"{budget['memory_mb']} MB, {budget['cpu_percent']} %",
             str(worker["jobs_done"]),
         )
-    return table
+
+    parts: list[Any] = [header, table]
+    decision = concurrency.get("last_decision")
+    if decision:
+        age = now - decision["at"]
+        rule, reason = decision["rule"], decision["reason"]
+        parts.append(Text(f"last concurrency decision {age:.0f} s ago ({rule}): {reason}"))
+    return Group(*parts)
+
+
+def health_view(snapshot: dict[str, Any], status: str, checks: list[dict[str, Any]]) -> Group:
+    """Render the checks as a table, followed by the message of each check that is not ok."""
+    from jobvisor.telemetry.health import OK, format_number
+
+    node = snapshot["node"]
+    title = Text.assemble(
+        f"health of {node['hostname']} supervisor {node['supervisor_pid']}: ",
+        (status, STATUS_STYLES.get(status, "")),
+    )
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    for column in ("check", "value", "status", "target", "warning", "critical"):
+        table.add_column(column, justify="right" if column == "value" else "left", no_wrap=True)
+    for check in checks:
+        value = check["value"]
+        value_text = "-" if value is None else f"{format_number(value)} {check['unit']}"
+        table.add_row(
+            check["name"],
+            value_text,
+            Text(check["status"], style=STATUS_STYLES.get(check["status"], "")),
+            check["target"],
+            check["warning"],
+            check["critical"],
+        )
+    notes = [
+        Text(f"{check['status']}: {check['message']}") for check in checks if check["status"] != OK
+    ]
+    return Group(table, *notes)
 
 
 def _number(value: float | None) -> str:
