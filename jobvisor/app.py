@@ -102,8 +102,8 @@ class App:
         self,
         name: str,
         *,
-        memory: str = "low",
-        cpu: str = "low",
+        memory: str | int = "low",
+        cpu: str | int = "low",
         max_retries: int = 3,
         timeout: float = 600.0,
         concurrency: int | None = None,
@@ -112,15 +112,22 @@ class App:
     ) -> Callable[[Handler], Handler]:
         """Register the decorated ``handler(ctx, data)`` for jobs of type ``name``.
 
-        ``memory`` and ``cpu`` are the requirement levels low, medium or high.
+        ``memory`` and ``cpu`` are the budgets of one running job: a level (low, medium or
+        high) or an exact figure, in MB of private memory and in % of one core.
         ``concurrency`` caps this type's running jobs on a node and ``priority`` is its base
         priority; both default to the built-in table for well-known types.
         """
         _check_text(name, "job type name", allow_none=False)
-        if memory not in MEMORY_LEVELS_MB:
-            raise ConfigError(f"memory={memory!r} for job type {name!r}; use one of {list(MEMORY_LEVELS_MB)}")
-        if cpu not in CPU_LEVELS_PERCENT:
-            raise ConfigError(f"cpu={cpu!r} for job type {name!r}; use one of {list(CPU_LEVELS_PERCENT)}")
+        if not (memory in MEMORY_LEVELS_MB or (_is_int(memory) and memory > 0)):
+            raise ConfigError(
+                f"memory={memory!r} for job type {name!r}; use one of {list(MEMORY_LEVELS_MB)} "
+                "or a whole number of MB above 0"
+            )
+        if not (cpu in CPU_LEVELS_PERCENT or (_is_int(cpu) and cpu > 0)):
+            raise ConfigError(
+                f"cpu={cpu!r} for job type {name!r}; use one of {list(CPU_LEVELS_PERCENT)} "
+                "or a whole number of % of one core above 0"
+            )
         if not _is_int(max_retries) or max_retries < 0:
             raise ConfigError(f"max_retries={max_retries!r} for job type {name!r}; use an integer >= 0")
         if not _is_number(timeout) or not timeout > 0:

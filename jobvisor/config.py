@@ -62,6 +62,13 @@ ENVIRONMENT = {
     "JOBVISOR_DRAIN_TIMEOUT": "drain_timeout_s",
     "JOBVISOR_MAX_PAYLOAD_BYTES": "max_payload_bytes",
     "JOBVISOR_SNAPSHOT_INTERVAL": "snapshot_interval_s",
+    "JOBVISOR_SAMPLE_INTERVAL": "sample_interval_s",
+    "JOBVISOR_ADAPTIVE_CONCURRENCY": "adaptive_concurrency",
+    "JOBVISOR_CONCURRENCY_CEILING": "concurrency_ceiling",
+    "JOBVISOR_CONCURRENCY_COOLDOWN": "concurrency_cooldown_s",
+    "JOBVISOR_MEMORY_HARD_FACTOR": "memory_hard_factor",
+    "JOBVISOR_MAX_JOBS_PER_WORKER": "max_jobs_per_worker",
+    "JOBVISOR_CPU_THROTTLE": "cpu_throttle",
 }
 
 
@@ -108,12 +115,42 @@ class Settings:
     lease_sweep_interval_s: float = 5.0
     # Seconds between telemetry snapshot files.
     snapshot_interval_s: float = 5.0
+    # Seconds between samples of the node: CPU, memory, queue depth, workers' memory and CPU.
+    sample_interval_s: float = 1.0
+    # Let the concurrency manager move the node's limit from its measurements. When off, the
+    # limit stays max_concurrent_jobs.
+    adaptive_concurrency: bool = True
+    # Highest limit the manager may set; 0 means 4 workers per CPU, and never below
+    # max_concurrent_jobs.
+    concurrency_ceiling: int = 0
+    # The limit changes at most once per this many seconds.
+    concurrency_cooldown_s: float = 15.0
+    # A worker whose private memory exceeds its job type's budget is recycled after its job,
+    # and killed at once above memory_hard_factor times the budget.
+    memory_hard_factor: float = 2.0
+    # Hold each running job to its type's CPU budget: cgroup cpu.max where the machine
+    # delegates the cpu controller, otherwise by pausing the worker with SIGSTOP/SIGCONT.
+    cpu_throttle: bool = True
+    # A worker exits and is replaced after this many jobs, so slow leaks cannot build up.
+    max_jobs_per_worker: int = 1000
 
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
             if item.name == "profile":
                 continue
-            _check_number(item.name, getattr(self, item.name), type(item.default))
+            if isinstance(item.default, bool):
+                if not isinstance(getattr(self, item.name), bool):
+                    raise ConfigError(f"{item.name}={getattr(self, item.name)!r} is not true or false")
+                continue
+            _check_number(
+                item.name, getattr(self, item.name), type(item.default),
+                allow_zero=item.name in ZERO_ALLOWED,
+            )
+        if self.memory_hard_factor < 1:
+            raise ConfigError(
+                f"memory_hard_factor={self.memory_hard_factor!r} is below 1; the hard limit must "
+                "be at least the budget"
+            )
         if self.profile is not None and self.profile not in PROFILES:
             raise ConfigError(
                 f"unknown profile {self.profile!r}; choose one of {', '.join(PROFILES)}"
@@ -126,6 +163,11 @@ class Settings:
     @property
     def poll_interval_s(self) -> float:
         return self.poll_interval_ms / 1000.0
+
+    def ceiling_for(self, cpu_count: int) -> int:
+        """Return the highest concurrency limit for a machine with ``cpu_count`` CPUs."""
+        ceiling = self.concurrency_ceiling or 4 * cpu_count
+        return max(ceiling, self.max_concurrent_jobs)
 
     @classmethod
     def load(
@@ -148,8 +190,15 @@ class Settings:
             raw = environ.get(variable)
             if raw is None or raw.strip() == "":
                 continue
-            value = _parse_number(variable, raw, _field_type(name))
-            _check_number(f"environment variable {variable}", value, _field_type(name), raw=raw)
+            kind = _field_type(name)
+            if kind is bool:
+                values[name] = _parse_bool(variable, raw)
+                continue
+            value = _parse_number(variable, raw, kind)
+            _check_number(
+                f"environment variable {variable}", value, kind, raw=raw,
+                allow_zero=name in ZERO_ALLOWED,
+            )
             values[name] = value
         known = {item.name for item in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - known)
@@ -162,8 +211,15 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-def _check_number(name: str, value: Any, kind: type, *, raw: str | None = None) -> None:
-    """Raise ConfigError unless ``value`` is a finite number above 0 of the setting's kind."""
+# Settings where 0 has a meaning of its own (see the field's comment).
+ZERO_ALLOWED = frozenset({"concurrency_ceiling"})
+
+
+def _check_number(
+    name: str, value: Any, kind: type, *, raw: str | None = None, allow_zero: bool = False
+) -> None:
+    """Raise ConfigError unless ``value`` is a finite number of the setting's kind above 0
+    (or equal to 0, with ``allow_zero``)."""
     shown = repr(raw) if raw is not None else repr(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{name}={shown} is not a number")
@@ -171,13 +227,24 @@ def _check_number(name: str, value: Any, kind: type, *, raw: str | None = None) 
         raise ConfigError(f"{name}={shown} is not an integer")
     if not math.isfinite(value):
         raise ConfigError(f"{name}={shown} is not a finite number")
-    if value <= 0:
+    if allow_zero and value < 0:
+        raise ConfigError(f"{name}={shown} must be 0 or greater")
+    if not allow_zero and value <= 0:
         raise ConfigError(f"{name}={shown} must be greater than 0")
 
 
 def _field_type(name: str) -> type:
     default = next(f.default for f in dataclasses.fields(Settings) if f.name == name)
     return type(default)
+
+
+def _parse_bool(variable: str, raw: str) -> bool:
+    text = raw.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"environment variable {variable}={raw!r} is not one of 1, 0, true, false")
 
 
 def _parse_number(variable: str, raw: str, kind: type) -> int | float:
@@ -194,8 +261,9 @@ class JobType:
 
     name: str
     handler: Any
-    memory: str = "low"
-    cpu: str = "low"
+    # A level of MEMORY_LEVELS_MB / CPU_LEVELS_PERCENT, or MB and % of one core.
+    memory: str | int = "low"
+    cpu: str | int = "low"
     max_retries: int = 3
     timeout: float = 600.0
     concurrency: int = DEFAULT_TYPE_CONCURRENCY
@@ -204,8 +272,10 @@ class JobType:
 
     @property
     def memory_mb(self) -> int:
-        return MEMORY_LEVELS_MB[self.memory]
+        """Private memory budget of one running job, in MB."""
+        return self.memory if isinstance(self.memory, int) else MEMORY_LEVELS_MB[self.memory]
 
     @property
     def cpu_percent(self) -> int:
-        return CPU_LEVELS_PERCENT[self.cpu]
+        """CPU budget of one running job, in % of one core."""
+        return self.cpu if isinstance(self.cpu, int) else CPU_LEVELS_PERCENT[self.cpu]

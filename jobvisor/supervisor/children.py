@@ -14,12 +14,25 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from jobvisor.app import App
     from jobvisor.config import Settings
+    from jobvisor.telemetry.shm import TelemetryBlock
 
 logger = logging.getLogger(__name__)
 
 # Exit code of a child that failed before its claim loop started (for example, no database).
 EXIT_BOOT_FAILURE = 3
 _SUPERVISOR_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP}
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One finished job attempt as a worker reported it. Times are in seconds."""
+
+    job_id: int
+    ok: bool
+    # From the job's creation to the end of the attempt, by the worker's clock.
+    latency_s: float
+    processing_s: float
+    finished_at: float
 
 
 @dataclass
@@ -30,6 +43,8 @@ class Child:
     job_type: str
     worker_id: str
     status_fd: int
+    # Index of the child's slot in the telemetry block, or None without a free slot.
+    slot: int | None = None
     started_at: float = field(default_factory=time.monotonic)
     # Set while the child runs a job: its id, when it started (monotonic) and its timeout.
     job_id: int | None = None
@@ -39,6 +54,10 @@ class Child:
     # Why the supervisor asked this child to stop or killed it, if it did.
     stop_reason: str | None = None
     kill_reason: str | None = None
+    # Set when the child exceeds its memory budget: it is stopped once its job ends.
+    recycle_reason: str | None = None
+    # Attempts reported since the supervisor last collected them.
+    attempts: list[Attempt] = field(default_factory=list)
     _buffer: bytes = b""
 
     @property
@@ -66,7 +85,16 @@ class Child:
             self.job_id = int(words[1])
             self.job_started_at = time.monotonic()
             self.job_timeout_s = float(words[2])
-        elif len(words) == 2 and words[0] == "D":
+        elif len(words) == 5 and words[0] == "D":
+            self.attempts.append(
+                Attempt(
+                    job_id=int(words[1]),
+                    ok=words[2] == "ok",
+                    latency_s=float(words[3]),
+                    processing_s=float(words[4]),
+                    finished_at=time.time(),
+                )
+            )
             self.job_id = None
             self.job_started_at = None
             self.job_timeout_s = None
@@ -75,8 +103,11 @@ class Child:
             logger.warning("child %d wrote an unknown status line %r", self.pid, " ".join(words))
 
     def signal(self, signum: int) -> None:
+        """Send ``signum``; after SIGTERM also SIGCONT, so a throttled child acts on it."""
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signum)
+            if signum == signal.SIGTERM:
+                os.kill(self.pid, signal.SIGCONT)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -90,6 +121,7 @@ def spawn_child(
     *,
     close_fds: list[int],
     node: str,
+    telemetry: tuple[TelemetryBlock, int] | None = None,
 ) -> Child:
     """Fork a worker process for ``job_type`` and return its handle.
 
@@ -119,6 +151,8 @@ def spawn_child(
                     worker_id=f"{node}:{os.getpid()}:{token}",
                     settings=settings,
                     status_fd=write_fd,
+                    telemetry=telemetry,
+                    max_jobs=settings.max_jobs_per_worker,
                 )
                 _install_child_signals(worker)
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
@@ -134,7 +168,8 @@ def spawn_child(
     os.close(write_fd)
     worker_id = f"{node}:{pid}:{token}"
     logger.info("started worker %s for %s", worker_id, job_type)
-    return Child(pid=pid, job_type=job_type, worker_id=worker_id, status_fd=read_fd)
+    slot = None if telemetry is None else telemetry[1]
+    return Child(pid=pid, job_type=job_type, worker_id=worker_id, status_fd=read_fd, slot=slot)
 
 
 def _install_child_signals(worker: object) -> None:

@@ -2,9 +2,12 @@
 
 It is single-threaded, so fork() is safe. Signal handlers only queue the signal. Each turn
 of the loop handles queued signals, reads the children's status pipes, and reaps dead
-children, requeueing their jobs. It then kills children past their hard timeout, renews the
-leases of live children's jobs and requeues jobs whose lease expired on any node. Last, it
-forks or retires workers until each job type has the number the allocation plan gives it.
+children, requeueing their jobs. It then kills children past their hard timeout, holds
+running jobs to their CPU budget, renews the leases of live children's jobs and requeues
+jobs whose lease expired on any node. Once per sample interval it measures the node and the
+children, enforces memory budgets and lets the concurrency manager move the node's limit.
+Last, it forks or retires workers until each job type has the number the allocation plan
+gives it, as far as the memory and CPU budgets allow.
 """
 
 from __future__ import annotations
@@ -20,14 +23,19 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import psutil
 import psycopg
 
 from jobvisor.db.store import JobStore, TypeBacklog
 from jobvisor.errors import ConfigError
 from jobvisor.supervisor.allocation import TypeDemand, plan_workers
+from jobvisor.supervisor.budgets import MemoryGuard, ResourceBudget
 from jobvisor.supervisor.children import Child, spawn_child
-from jobvisor.supervisor.observe import Observer
+from jobvisor.supervisor.concurrency import ConcurrencyManager
 from jobvisor.supervisor.restarts import RestartPolicy
+from jobvisor.supervisor.sampling import NodeTelemetry
+from jobvisor.supervisor.throttle import CpuThrottle
+from jobvisor.telemetry.shm import SlotState, TornReadError
 from jobvisor.telemetry.snapshot import write_snapshot
 
 if TYPE_CHECKING:
@@ -41,6 +49,10 @@ ALLOCATE_INTERVAL_S = 1.0
 # Maximum sleep of one loop turn (seconds). Signals and child exits wake the loop sooner.
 TICK_S = 0.5
 DB_RETRY_S = 2.0
+# A job is held to its CPU budget once it has run this long (seconds).
+MIN_THROTTLED_JOB_S = 0.05
+# Due jobs per type counted for the queue depth metric; counting stops there to stay cheap.
+QUEUE_DEPTH_CAP = 10_000
 
 
 class Supervisor:
@@ -94,39 +106,67 @@ class Supervisor:
         self._wake_r = self._wake_w = -1
         # Every worker id this supervisor started; a dead one leaves when its jobs are requeued.
         self._all_worker_ids: set[str] = set()
-        self._observer = Observer(app, self.settings)
         self._backlog: dict[str, TypeBacklog] = {}
-        self._started_at = time.time()
         self._next_snapshot = 0.0
+        self._next_sample = 0.0
+        cpu_count = psutil.cpu_count() or 1
+        adaptive = self.settings.adaptive_concurrency
+        self.concurrency = ConcurrencyManager(
+            self.settings.max_concurrent_jobs,
+            cpu_count=cpu_count,
+            memory_total_gb=psutil.virtual_memory().total / 1024**3,
+            ceiling=self.settings.ceiling_for(cpu_count) if adaptive else self.settings.max_concurrent_jobs,
+            cooldown_s=self.settings.concurrency_cooldown_s,
+            auto_tune=adaptive,
+            # Decision times are Unix times, as the snapshot reports them.
+            now=time.time(),
+        )
+        self.budget = ResourceBudget(
+            self.settings.job_memory_limit_mb, self.settings.job_cpu_limit_percent * cpu_count
+        )
+        self._memory_guard = MemoryGuard(hard_factor=self.settings.memory_hard_factor)
+        self._throttle: CpuThrottle | None = None
+        self._telemetry: NodeTelemetry | None = None
+        self._unfit_logged: set[str] = set()
+        self._next_throttle: float | None = None
 
     # Lifecycle
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT (or idle, with exit_when_idle); return the exit code."""
         self._connect()
+        self._telemetry = NodeTelemetry(self.app, self.settings)
+        if self.settings.cpu_throttle:
+            self._throttle = CpuThrottle.create(may_pause=self._in_handler)
         self._install_signals()
         logger.info(
-            "supervisor %s started: types %s, at most %d jobs at once",
-            self.node, ", ".join(self.types), self.settings.max_concurrent_jobs,
+            "supervisor %s started: types %s, at most %d jobs at once%s",
+            self.node, ", ".join(self.types), self.concurrency.limit,
+            "" if self.settings.adaptive_concurrency else " (adaptive concurrency off)",
         )
         try:
-            while True:
-                self._wait()
-                self._handle_signals()
-                self._read_statuses()
-                self._reap()
-                if self._stopping:
-                    if not self.children:
-                        break
-                    self._drain_step()
+            try:
+                while True:
+                    self._wait()
+                    self._handle_signals()
+                    self._read_statuses()
+                    self._reap()
+                    self._throttle_tick()
+                    if self._stopping:
+                        if not self.children:
+                            break
+                        self._drain_step()
+                        self._database_tick()
+                        continue
+                    self._enforce_timeouts()
+                    self._sample_tick()
                     self._database_tick()
-                    continue
-                self._enforce_timeouts()
-                self._database_tick()
-                self._write_snapshot()
+                    self._write_snapshot()
+            finally:
+                self._shutdown()
+            self._write_snapshot(final=True)
         finally:
-            self._shutdown()
-        self._write_snapshot(final=True)
+            self._telemetry.close()
         logger.info("supervisor %s stopped", self.node)
         return 0
 
@@ -157,6 +197,8 @@ class Supervisor:
             self._kill_all(f"requeued at shutdown: the drain timeout of {self.settings.drain_timeout_s:g} s passed")
 
     def _kill_all(self, reason: str) -> None:
+        if self._throttle is not None:
+            self._throttle.resume_all()
         for child in list(self.children.values()):
             child.kill_reason = reason
             child.signal(signal.SIGKILL)
@@ -169,6 +211,8 @@ class Supervisor:
     def _shutdown(self) -> None:
         if self.children:
             self._kill_all("supervisor exited")
+        if self._throttle is not None:
+            self._throttle.resume_all()
         store = self._ready_store()
         if store is not None and self._all_worker_ids:
             # Safety net: nothing that this node's workers held stays in processing.
@@ -203,6 +247,8 @@ class Supervisor:
         timeout = TICK_S
         if self._allocate_now and not self._stopping:
             timeout = 0.0
+        if self._next_throttle is not None:
+            timeout = max(0.0, min(timeout, self._next_throttle - time.monotonic()))
         for key, _ in self._selector.select(timeout):
             if key.data == "signal":
                 with contextlib.suppress(BlockingIOError):
@@ -232,6 +278,21 @@ class Supervisor:
     def _read_statuses(self) -> None:
         for child in self.children.values():
             child.read_status()
+            self._after_status(child)
+
+    def _after_status(self, child: Child) -> None:
+        if self._telemetry is not None and child.attempts:
+            self._telemetry.record_attempts(child)
+        if self._throttle is not None:
+            # Only a worker inside a handler may be paused; between jobs it may be in a
+            # database transaction, and a paused process keeps its locks.
+            self._throttle.set_active(child.pid, self._throttle_applies(child))
+        if child.busy or child.stop_reason or child.kill_reason:
+            return
+        if child.recycle_reason is not None:
+            child.stop_reason = child.recycle_reason
+            logger.warning("worker %s (%s) recycled: %s", child.worker_id, child.job_type, child.recycle_reason)
+            child.signal(signal.SIGTERM)
 
     def _reap(self) -> None:
         while self.children:
@@ -247,9 +308,14 @@ class Supervisor:
 
     def _on_child_exit(self, child: Child, status: int) -> None:
         del self.children[child.pid]
-        self._observer.forget(child.pid)
         child.read_status()
         child.close()
+        self.budget.release(child.pid)
+        if self._throttle is not None:
+            self._throttle.untrack(child.pid)
+        if self._telemetry is not None:
+            self._telemetry.record_attempts(child)
+            self._telemetry.detach_child(child)
         code = os.waitstatus_to_exitcode(status)
         how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
         policy = self.policies[child.job_type]
@@ -303,10 +369,118 @@ class Supervisor:
                 child.signal(signal.SIGKILL)
 
     def _spawn(self, job_type: str) -> None:
+        spec = self.app.job_types[job_type]
         close_fds = [self._wake_r, self._wake_w] + [c.status_fd for c in self.children.values()]
-        child = spawn_child(self.app, job_type, self.settings, close_fds=close_fds, node=self.node)
+        telemetry = None
+        if self._telemetry is not None and self._telemetry.block is not None:
+            slot = self._telemetry.free_slot({c.slot for c in self.children.values() if c.slot is not None})
+            if slot is not None:
+                telemetry = (self._telemetry.block, slot)
+        child = spawn_child(
+            self.app, job_type, self.settings, close_fds=close_fds, node=self.node, telemetry=telemetry
+        )
         self.children[child.pid] = child
         self._all_worker_ids.add(child.worker_id)
+        self.budget.allocate(child.pid, job_type, spec.memory_mb, spec.cpu_percent)
+        if self._telemetry is not None:
+            self._telemetry.attach_child(child)
+        if self._throttle is not None:
+            self._throttle.track(child.pid, spec.cpu_percent)
+
+    def _fits_budget(self, job_type: str) -> bool:
+        """Tell whether one more worker of ``job_type`` fits the memory and CPU budgets."""
+        spec = self.app.job_types[job_type]
+        if self.budget.can_allocate(spec.memory_mb, spec.cpu_percent):
+            self._unfit_logged.discard(job_type)
+            return True
+        if job_type not in self._unfit_logged:
+            self._unfit_logged.add(job_type)
+            memory, cpu = self.budget.as_dict()["memory"], self.budget.as_dict()["cpu"]
+            logger.warning(
+                "no worker for %s starts now: it needs %d MB and %d %% CPU, and %g of %g MB and "
+                "%g of %g %% CPU are free (JOB_MEMORY_LIMIT, JOB_CPU_LIMIT)",
+                job_type, spec.memory_mb, spec.cpu_percent, memory["available"], memory["total"],
+                cpu["available"], cpu["total"],
+            )
+        return False
+
+    # Measurements and budgets
+
+    def _throttle_applies(self, child: Child) -> bool:
+        """Tell whether ``child`` may be throttled: it runs a job that is not brief.
+
+        Jobs shorter than MIN_THROTTLED_JOB_S end before a pause could matter, and their
+        workers spend much of their time in claims and completions, which must not pause.
+        """
+        if child.kill_reason is not None or child.job_started_at is None:
+            return False
+        return time.monotonic() - child.job_started_at >= MIN_THROTTLED_JOB_S
+
+    def _in_handler(self, pid: int) -> bool:
+        """Tell whether worker ``pid`` runs a handler now, by its own telemetry slot."""
+        child = self.children.get(pid)
+        if child is None or child.kill_reason is not None:
+            return False
+        if self._telemetry is None or self._telemetry.block is None or child.slot is None:
+            return child.busy
+        try:
+            record = self._telemetry.block.read_slot(child.slot)
+        except TornReadError:
+            return False
+        return record.child_state == SlotState.RUNNING and record.job_id == child.job_id
+
+    def _throttle_tick(self) -> None:
+        if self._throttle is not None:
+            self._next_throttle = self._throttle.tick(time.monotonic())
+
+    def _sample_tick(self) -> None:
+        now = time.monotonic()
+        if now < self._next_sample or self._telemetry is None:
+            return
+        self._next_sample = now + self.settings.sample_interval_s
+        store = self._ready_store()
+        if store is not None:
+            try:
+                self._backlog = store.pending_summary(self.types, cap=QUEUE_DEPTH_CAP)
+            except psycopg.OperationalError as error:
+                logger.error("supervisor %s lost its database connection: %s", self.node, error)
+                self._drop_connection()
+        children = list(self.children.values())
+        throttled = self._throttle.paused_pids() if self._throttle is not None else set()
+        row = self._telemetry.sample(
+            children, self._backlog, self.concurrency.limit, self.budget.as_dict(), throttled
+        )
+        self._enforce_memory(children)
+        if self.settings.adaptive_concurrency and self.concurrency.observe(row["timestamp"], row) is not None:
+            self._allocate_now = True
+
+    def _enforce_memory(self, children: list[Child]) -> None:
+        assert self._telemetry is not None
+        usages = self._telemetry.observer.children
+        for child in children:
+            usage = usages.get(child.pid)
+            if usage is None or usage.rss_mb is None or child.kill_reason is not None:
+                continue
+            budget_mb = self.app.job_types[child.job_type].memory_mb
+            try:
+                verdict = self._memory_guard.check(child.pid, budget_mb, usage.rss_mb)
+            except (psutil.Error, OSError) as error:
+                logger.debug("memory check of worker %s skipped: %s", child.worker_id, error)
+                continue
+            self._telemetry.observer.record_uss(child.pid, verdict.private_mb)
+            if verdict.action == "kill":
+                child.kill_reason = verdict.reason
+                logger.error(
+                    "worker %s (%s) killed during job %s: %s",
+                    child.worker_id, child.job_type, child.job_id, verdict.reason,
+                )
+                if self._throttle is not None:
+                    self._throttle.set_active(child.pid, False)
+                child.signal(signal.SIGKILL)
+            elif verdict.action == "recycle" and child.recycle_reason is None and child.jobs_done > 0:
+                # A worker that has not finished a job yet gains nothing from a restart.
+                child.recycle_reason = verdict.reason
+                self._after_status(child)
 
     # Database work
 
@@ -334,9 +508,8 @@ class Supervisor:
             self._drop_connection()
 
     def _allocate(self, store: JobStore) -> None:
-        capacity = self.settings.max_concurrent_jobs
+        capacity = self.concurrency.limit
         backlog = store.pending_summary(self.types, cap=capacity)
-        self._backlog = backlog
         if self.exit_when_idle and self._check_idle(store, backlog):
             self.request_stop("no jobs left")
             return
@@ -364,7 +537,12 @@ class Supervisor:
         for job_type, count in target.items():
             policy = self.policies[job_type]
             mine = sum(1 for c in live if c.job_type == job_type)
-            while mine < count and len(self.children) < capacity and policy.may_start():
+            while (
+                mine < count
+                and len(self.children) < capacity
+                and policy.may_start()
+                and self._fits_budget(job_type)
+            ):
                 self._spawn(job_type)
                 mine += 1
 
@@ -373,15 +551,29 @@ class Supervisor:
         if not final and now < self._next_snapshot:
             return
         self._next_snapshot = now + self.settings.snapshot_interval_s
-        paused = [t for t, policy in self.policies.items() if policy.paused()]
-        snapshot = self._observer.snapshot(list(self.children.values()), self._backlog, paused, self._started_at)
+        if self._telemetry is None:
+            return
         if final:
             state = "stopped"
         elif self._stopping:
             state = "stopping"
         else:
             state = "running"
-        snapshot["node"]["state"] = state
+        concurrency = {
+            **self.concurrency.as_dict(),
+            "adaptive": self.settings.adaptive_concurrency,
+            "max_jobs_per_user": self.settings.max_jobs_per_user,
+            "by_job_type": {name: self.app.job_types[name].concurrency for name in self.types},
+            "paused_job_types": [t for t, policy in self.policies.items() if policy.paused()],
+        }
+        snapshot = self._telemetry.snapshot(
+            state=state,
+            children=list(self.children.values()),
+            concurrency=concurrency,
+            allocations=self.budget.as_dict(),
+            throttled=self._throttle.paused_pids() if self._throttle is not None else set(),
+            cpu_throttle=self._throttle.method if self._throttle is not None else "off",
+        )
         try:
             write_snapshot(snapshot)
         except OSError as error:

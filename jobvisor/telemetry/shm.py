@@ -34,18 +34,16 @@ from __future__ import annotations
 import _posixshmem
 import atexit
 import logging
+import mmap
 import os
 import re
 import secrets
 import struct
-import sys
 import time
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from multiprocessing import resource_tracker
-from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 from typing import Any, Self
 
@@ -67,6 +65,7 @@ SAMPLE_FIELDS: tuple[str, ...] = (
     "latency_p95_s",
     "error_rate",  # failed / finished, 0..1
     "efficiency",  # processing time / total time, 0..1
+    "processing_s",  # mean handler run time of the attempts in the throughput window
     "concurrency_limit",
     "memory_allocated_mb",
     "cpu_allocated_percent",
@@ -306,26 +305,57 @@ def _unpack_header(buf: memoryview, name: str) -> _Header:
     return header
 
 
-def _open_segment(name: str, *, create: bool = False, size: int = 0) -> SharedMemory:
-    """Open or create segment ``name`` so that no resource tracker unlinks it at exit."""
-    if sys.version_info >= (3, 13):
-        return SharedMemory(name=name, create=create, size=size, track=False)
-    shm = SharedMemory(name=name, create=create, size=size)
-    # Python 3.11 and 3.12 register every SharedMemory with the resource tracker, which
-    # unlinks the segment when this process exits, even if the supervisor still uses it.
-    resource_tracker.unregister(f"/{shm.name}", "shared_memory")
-    return shm
+class _Segment:
+    """A POSIX shared-memory segment mapped into this process.
+
+    ``multiprocessing.shared_memory.SharedMemory`` of Python 3.11 and 3.12 registers every
+    segment with the resource tracker. That starts a tracker process, and the tracker
+    unlinks the segment when the registering process exits, even while the supervisor
+    still uses it. This class maps the segment with mmap and leaves no tracker behind.
+    """
+
+    def __init__(self, name: str, *, create: bool, size: int) -> None:
+        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+        fd = _posixshmem.shm_open(f"/{name}", flags, mode=0o600)
+        try:
+            if create:
+                os.ftruncate(fd, size)
+            else:
+                size = os.fstat(fd).st_size
+            if size == 0:
+                raise ValueError(f"shared memory {name!r} is empty")
+            self._mmap: mmap.mmap | None = mmap.mmap(fd, size)
+        except BaseException:
+            if create:
+                _unlink_segment(name)
+            raise
+        finally:
+            os.close(fd)
+        self.name = name
+        self.size = size
+        self.buf: memoryview | None = memoryview(self._mmap)
+
+    def close(self) -> None:
+        if self.buf is not None:
+            self.buf.release()
+            self.buf = None
+        if self._mmap is not None:
+            self._mmap.close()
+            self._mmap = None
 
 
-def _buffer(shm: SharedMemory) -> memoryview:
+def _open_segment(name: str, *, create: bool = False, size: int = 0) -> _Segment:
+    """Open or create segment ``name``; raise FileNotFoundError when it does not exist."""
+    return _Segment(name, create=create, size=size)
+
+
+def _buffer(shm: _Segment) -> memoryview:
     if shm.buf is None:
         raise ValueError(f"shared memory {shm.name!r} is closed")
     return shm.buf
 
 
 def _unlink_segment(name: str) -> None:
-    # SharedMemory.unlink() of Python 3.11 and 3.12 also sends an unregister message that
-    # the resource tracker reports as an error for a segment that it does not track.
     _posixshmem.shm_unlink(f"/{name}")
 
 
@@ -338,7 +368,7 @@ class TelemetryBlock:
     the block that it inherited and leaves unlinking to the supervisor.
     """
 
-    def __init__(self, shm: SharedMemory, header: _Header, *, owner: bool, retries: int) -> None:
+    def __init__(self, shm: _Segment, header: _Header, *, owner: bool, retries: int) -> None:
         self.name: str = shm.name  # without the leading slash
         self.owner_pid: int = header.owner_pid
         self.created_at: float = header.created_at  # epoch seconds

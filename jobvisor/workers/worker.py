@@ -23,11 +23,13 @@ import psycopg
 from jobvisor.db.store import ClaimedJob, JobStore
 from jobvisor.errors import InvalidJobError, JobTimeoutError
 from jobvisor.payload import to_json
+from jobvisor.telemetry.shm import SlotState
 from jobvisor.workers.context import JobContext
 
 if TYPE_CHECKING:
     from jobvisor.app import App
     from jobvisor.config import Settings
+    from jobvisor.telemetry.shm import TelemetryBlock
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +49,10 @@ class Worker:
     """Claims and runs jobs of ``types`` until stopped.
 
     ``status_fd`` is the write end of a pipe to the supervisor, which learns from it when
-    each job starts and ends. ``max_jobs`` makes the worker exit after that many jobs, and
-    ``exit_when_idle`` when nothing of its types is pending.
+    each job starts and ends. ``telemetry`` is the supervisor's shared-memory block and the
+    index of this worker's slot, whose child part the worker keeps up to date. ``max_jobs``
+    makes the worker exit after that many jobs, and ``exit_when_idle`` when nothing of its
+    types is pending.
     """
 
     def __init__(
@@ -59,6 +63,7 @@ class Worker:
         worker_id: str | None = None,
         settings: Settings | None = None,
         status_fd: int | None = None,
+        telemetry: tuple[TelemetryBlock, int] | None = None,
         max_jobs: int | None = None,
         exit_when_idle: bool = False,
     ) -> None:
@@ -70,6 +75,7 @@ class Worker:
         self.settings = settings or app.settings
         self.worker_id = worker_id or f"{os.uname().nodename}:{os.getpid()}:{random.getrandbits(32):08x}"
         self.status_fd = status_fd
+        self.telemetry = telemetry
         self.max_jobs = max_jobs
         self.exit_when_idle = exit_when_idle
         self.jobs_done = 0
@@ -95,6 +101,7 @@ class Worker:
     def run(self) -> int:
         """Run until stopped; return the process exit code (0 for a clean stop)."""
         logger.info("worker %s started for %s", self.worker_id, ", ".join(self.types))
+        self._update_slot(SlotState.IDLE)
         failures = 0
         try:
             while not self.stopping:
@@ -119,6 +126,7 @@ class Worker:
                     self._stopping.wait(delay)
         finally:
             self._close_connection()
+            self._update_slot(SlotState.STOPPING)
         logger.info("worker %s stopped after %d jobs", self.worker_id, self.jobs_done)
         return 0
 
@@ -127,10 +135,13 @@ class Worker:
         assert self._store is not None
         self._flush()
         self._woken = False
+        batch_size = self._batch_size
+        if self.max_jobs is not None:
+            batch_size = max(1, min(batch_size, self.max_jobs - self.jobs_done))
         jobs = self._store.claim(
             self.types,
             self.worker_id,
-            self._batch_size,
+            batch_size,
             self.settings.lease_seconds,
             type_limits=[self.app.job_types[t].concurrency for t in self.types],
             max_per_user=self.settings.max_jobs_per_user,
@@ -236,6 +247,7 @@ class Worker:
             report=lambda percent, step: self._report_progress(job.id, percent, step),
         )
         self._send_status(f"S {job.id} {spec.timeout}")
+        self._update_slot(SlotState.RUNNING, job.id)
         logger.debug("job %d (%s) attempt %d started", job.id, job.type, attempt)
         started = time.monotonic()
         error: str | None = None
@@ -255,9 +267,12 @@ class Worker:
             except InvalidJobError as failure:
                 error = f"handler returned a result that cannot be stored: {failure}"
         finally:
+            elapsed = time.monotonic() - started
             self.jobs_done += 1
-            self._send_status(f"D {job.id}")
-        elapsed = time.monotonic() - started
+            latency = time.time() - job.created_at.timestamp()
+            outcome = "ok" if error is None else "error"
+            self._send_status(f"D {job.id} {outcome} {latency:.6f} {elapsed:.6f}")
+            self._update_slot(SlotState.IDLE)
 
         if error is None:
             logger.debug("job %d (%s) completed in %.3f s", job.id, job.type, elapsed)
@@ -326,6 +341,20 @@ class Worker:
 
     def _orphaned(self) -> bool:
         return self._parent_pid is not None and os.getppid() != self._parent_pid
+
+    def _update_slot(self, state: SlotState, job_id: int = 0) -> None:
+        if self.telemetry is None:
+            return
+        block, index = self.telemetry
+        now = time.time()
+        block.write_slot_child(
+            index,
+            state=state,
+            job_id=job_id,
+            jobs_done=self.jobs_done,
+            job_started_at=now if job_id else 0.0,
+            heartbeat_at=now,
+        )
 
     def _send_status(self, message: str) -> None:
         if self.status_fd is None:
