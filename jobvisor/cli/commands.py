@@ -233,7 +233,7 @@ def command_status(args: argparse.Namespace) -> int:
     for job_type, per_status in sorted(by_type.items()):
         table.add_row(job_type, *(str(per_status[status]) for status in STATUSES))
     table.add_row("all", *(str(counts[status]) for status in STATUSES), style="bold")
-    Console().print(table)
+    console().print(table)
     return 0
 
 
@@ -245,7 +245,7 @@ def print_job(job: dict[str, Any]) -> None:
         if isinstance(value, (dict, list)):
             value = json.dumps(value)
         table.add_row(key, "" if value is None else str(value))
-    Console().print(table)
+    console().print(table)
     for attempt in job["attempts"]:
         print(f"attempt {attempt.get('attempt')} at {attempt.get('at')}: {attempt.get('error')}")
 

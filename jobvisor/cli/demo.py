@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from jobvisor.cli.commands import console as wide_console
 from jobvisor.db.dsn import configured_dsn, redact
 from jobvisor.db.embedded import data_dir
 from jobvisor.db.store import JobStore
@@ -42,7 +43,7 @@ def command_demo(args: argparse.Namespace) -> int:
 
     if args.jobs < 1:
         raise ConfigError(f"--jobs {args.jobs} must be at least 1")
-    console = Console()
+    console = wide_console()
     configure_app(app, args)
     if configured_dsn(args.dsn) is None:
         console.print(f"Using the embedded PostgreSQL in {data_dir()}")
