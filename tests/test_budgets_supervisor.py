@@ -90,3 +90,17 @@ def test_spinner_held_to_cpu_budget(supervisors, make_app, db, control_spinner):
     # On a shared 2-core machine the unthrottled control does not always get a whole core.
     assert control_share >= 60.0, f"control spinner got only {control_share:.1f} % of a core"
     assert job_rows(db, [spin])[0]["status"] == "processing"
+
+
+def test_short_jobs_held_to_cpu_budget(supervisors, make_app, db):
+    app = budgets.register(make_app())
+    jobs = app.enqueue_many([{"job_type": "burst", "data": {"cpu_seconds": 0.4}} for _ in range(6)])
+    supervisor = supervisors.start("budgets", exit_when_idle=True)
+
+    assert supervisor.wait_exit(90) == 0, supervisor.log_tail()
+    assert {row["status"] for row in job_rows(db, jobs)} == {"completed"}
+    spans = runs(db)
+    wall = (max(r["finished_at"] for r in spans) - min(r["started_at"] for r in spans)).total_seconds()
+    # 2.4 s of CPU at 20 % of one core needs 12 s; the first second's allowance and the
+    # check interval let the jobs run somewhat ahead, so the bound is 30 %, or 8 s.
+    assert wall >= 2.4 / 0.30, f"6 jobs of 0.4 s CPU each with a 20 % budget took only {wall:.1f} s"

@@ -48,6 +48,9 @@ NOTIFY_CHANNEL = "jobvisor_jobs"
 ALLOCATE_INTERVAL_S = 1.0
 # Maximum sleep of one loop turn (seconds). Signals and child exits wake the loop sooner.
 TICK_S = 0.5
+# Maximum sleep while CPU budgets are enforced and workers exist, so that a new job is
+# noticed and charged soon after it starts.
+THROTTLE_TICK_S = 0.1
 DB_RETRY_S = 2.0
 # A job is held to its CPU budget once it has run this long (seconds).
 MIN_THROTTLED_JOB_S = 0.05
@@ -77,6 +80,7 @@ class Supervisor:
             raise ConfigError(f"job types {unknown} are not registered; registered: {sorted(app.job_types)}")
         if not self.types:
             raise ConfigError("the app registers no job types; decorate a handler with @app.job(...)")
+        self._check_budgets_fit()
         self.exit_when_idle = exit_when_idle
         self.node = f"{socket.gethostname()}:{os.getpid()}"
         self.children: dict[int, Child] = {}
@@ -129,6 +133,26 @@ class Supervisor:
         self._telemetry: NodeTelemetry | None = None
         self._unfit_logged: set[str] = set()
         self._next_throttle: float | None = None
+
+    def _check_budgets_fit(self) -> None:
+        """Raise ConfigError for a job type whose budget exceeds the node's whole budget."""
+        cpu_total = self.settings.job_cpu_limit_percent * (psutil.cpu_count() or 1)
+        for name in self.types:
+            spec = self.app.job_types[name]
+            if spec.memory_mb > self.settings.job_memory_limit_mb:
+                raise ConfigError(
+                    f"job type {name!r} needs {spec.memory_mb} MB per job, more than "
+                    f"JOB_MEMORY_LIMIT={self.settings.job_memory_limit_mb} MB for the whole node, "
+                    "so none of its jobs could ever start; raise JOB_MEMORY_LIMIT or lower the "
+                    "type's memory budget"
+                )
+            if spec.cpu_percent > cpu_total:
+                raise ConfigError(
+                    f"job type {name!r} needs {spec.cpu_percent} % of one core per job, more than "
+                    f"JOB_CPU_LIMIT={self.settings.job_cpu_limit_percent} % of this machine "
+                    f"({cpu_total} % of one core), so none of its jobs could ever start; raise "
+                    "JOB_CPU_LIMIT or lower the type's CPU budget"
+                )
 
     # Lifecycle
 
@@ -247,6 +271,8 @@ class Supervisor:
         timeout = TICK_S
         if self._allocate_now and not self._stopping:
             timeout = 0.0
+        if self._throttle is not None and self.children:
+            timeout = min(timeout, THROTTLE_TICK_S)
         if self._next_throttle is not None:
             timeout = max(0.0, min(timeout, self._next_throttle - time.monotonic()))
         for key, _ in self._selector.select(timeout):
@@ -283,10 +309,6 @@ class Supervisor:
     def _after_status(self, child: Child) -> None:
         if self._telemetry is not None and child.attempts:
             self._telemetry.record_attempts(child)
-        if self._throttle is not None:
-            # Only a worker inside a handler may be paused; between jobs it may be in a
-            # database transaction, and a paused process keeps its locks.
-            self._throttle.set_active(child.pid, self._throttle_applies(child))
         if child.busy or child.stop_reason or child.kill_reason:
             return
         if child.recycle_reason is not None:
@@ -320,8 +342,9 @@ class Supervisor:
         how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
         policy = self.policies[child.job_type]
         if child.kill_reason is not None:
+            # The decision to kill was logged with its reason when it was made.
             reason, count_attempt = child.kill_reason, not self._stopping
-            logger.warning("worker %s (%s) killed: %s", child.worker_id, child.job_type, reason)
+            logger.info("worker %s (%s) exited after SIGKILL", child.worker_id, child.job_type)
         elif code == 0:
             reason, count_attempt = f"worker {child.worker_id} exited", False
             logger.info("worker %s (%s) exited after %d jobs", child.worker_id, child.job_type, child.jobs_done)
@@ -406,32 +429,51 @@ class Supervisor:
 
     # Measurements and budgets
 
-    def _throttle_applies(self, child: Child) -> bool:
-        """Tell whether ``child`` may be throttled: it runs a job that is not brief.
+    def _handler_start(self, child: Child) -> tuple[float, float | None] | None:
+        """Return when ``child``'s handler started: (monotonic time, its CPU seconds then).
 
-        Jobs shorter than MIN_THROTTLED_JOB_S end before a pause could matter, and their
-        workers spend much of their time in claims and completions, which must not pause.
+        The CPU figure is None when the worker has no telemetry slot.
+
+        Returns None when no handler runs or it has run less than MIN_THROTTLED_JOB_S: such
+        short jobs end before a pause could matter, and between jobs the worker may be in a
+        database transaction, where a pause would hold its locks. The worker's own slot is
+        read, because the status pipe is read only once per loop turn.
         """
-        if child.kill_reason is not None or child.job_started_at is None:
-            return False
-        return time.monotonic() - child.job_started_at >= MIN_THROTTLED_JOB_S
+        if child.kill_reason is not None:
+            return None
+        if self._telemetry is None or self._telemetry.block is None or child.slot is None:
+            if child.job_started_at is None:
+                return None
+            elapsed = time.monotonic() - child.job_started_at
+            return None if elapsed < MIN_THROTTLED_JOB_S else (child.job_started_at, None)
+        try:
+            record = self._telemetry.block.read_slot(child.slot)
+        except TornReadError:
+            return None
+        if record.child_state != SlotState.RUNNING or not record.job_id:
+            return None
+        elapsed = time.time() - record.job_started_at
+        if elapsed < MIN_THROTTLED_JOB_S:
+            return None
+        return time.monotonic() - elapsed, record.job_cpu_s
 
     def _in_handler(self, pid: int) -> bool:
         """Tell whether worker ``pid`` runs a handler now, by its own telemetry slot."""
         child = self.children.get(pid)
-        if child is None or child.kill_reason is not None:
-            return False
-        if self._telemetry is None or self._telemetry.block is None or child.slot is None:
-            return child.busy
-        try:
-            record = self._telemetry.block.read_slot(child.slot)
-        except TornReadError:
-            return False
-        return record.child_state == SlotState.RUNNING and record.job_id == child.job_id
+        return child is not None and self._handler_start(child) is not None
 
     def _throttle_tick(self) -> None:
-        if self._throttle is not None:
-            self._next_throttle = self._throttle.tick(time.monotonic())
+        if self._throttle is None:
+            return
+        for child in self.children.values():
+            start = self._handler_start(child)
+            if start is None:
+                self._throttle.set_active(child.pid, False)
+                continue
+            started, cpu_s = start
+            since = None if cpu_s is None else (started, cpu_s)
+            self._throttle.set_active(child.pid, True, since=since)
+        self._next_throttle = self._throttle.tick(time.monotonic())
 
     def _sample_tick(self) -> None:
         now = time.monotonic()

@@ -311,12 +311,16 @@ class SignalThrottler:
         if entry is not None and entry.paused:
             self._continue(entry)
 
-    def set_active(self, pid: int, active: bool) -> None:
+    def set_active(
+        self, pid: int, active: bool, *, since: tuple[float, float] | None = None
+    ) -> None:
         """Mark ``pid`` as running a handler (True) or not (False).
 
-        Going inactive continues a stopped worker at once, then charges the CPU time it used
-        since the last check. An unknown pid is ignored, because it may have been forgotten
-        after its process ended.
+        ``since`` is the handler's start as (monotonic time, the worker's CPU seconds then).
+        With it, the CPU time used since that start is charged, however late the caller
+        noticed the job; without it, charging starts now. Going inactive continues a stopped
+        worker at once, then charges the CPU time it used since the last check. An unknown
+        pid is ignored, because it may have been forgotten after its process ended.
         """
         entry = self._tracked.get(pid)
         if entry is None or entry.active == active:
@@ -324,11 +328,13 @@ class SignalThrottler:
         now = time.monotonic()
         try:
             if active:
+                start, start_cpu_s = since if since is not None else (now, _cpu_seconds(pid))
+                start = min(max(start, entry.updated_at), now)
                 entry.balance = min(
-                    entry.capacity, entry.balance + entry.rate * (now - entry.updated_at)
+                    entry.capacity, entry.balance + entry.rate * (start - entry.updated_at)
                 )
-                entry.updated_at = now
-                entry.cpu_s = _cpu_seconds(pid)
+                entry.updated_at = start
+                entry.cpu_s = start_cpu_s
                 entry.active = True
                 entry.due = now
                 return
@@ -492,9 +498,11 @@ class CpuThrottle:
         else:
             self.backend.release(pid)
 
-    def set_active(self, pid: int, active: bool) -> None:
+    def set_active(
+        self, pid: int, active: bool, *, since: tuple[float, float] | None = None
+    ) -> None:
         if isinstance(self.backend, SignalThrottler):
-            self.backend.set_active(pid, active)
+            self.backend.set_active(pid, active, since=since)
 
     def tick(self, now: float) -> float | None:
         """Run the due checks; return the monotonic time of the next one, or None."""

@@ -174,6 +174,7 @@ _CHILD_PART = _Record(
         ("jobs_done", "q"),
         ("job_started_at", "d"),
         ("heartbeat_at", "d"),
+        ("job_cpu_s", "d"),  # the child's CPU seconds (user + system) when its job started
     ],
     size=64,
 )
@@ -213,6 +214,7 @@ class SlotRecord:
     jobs_done: int
     job_started_at: float
     heartbeat_at: float
+    job_cpu_s: float
 
 
 @dataclass(frozen=True)

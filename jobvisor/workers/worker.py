@@ -354,6 +354,8 @@ class Worker:
             jobs_done=self.jobs_done,
             job_started_at=now if job_id else 0.0,
             heartbeat_at=now,
+            # The supervisor charges a job's CPU against its budget from this figure.
+            job_cpu_s=time.process_time() if job_id else 0.0,
         )
 
     def _send_status(self, message: str) -> None:

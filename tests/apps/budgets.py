@@ -3,6 +3,7 @@
 - ``memory-hog`` (budget 100 MB) allocates ``{"mb": N}`` MB, touches every page, then
   sleeps ``{"seconds": S}``.
 - ``spinner`` (budget 20 % of one core) keeps one core busy for ``{"seconds": S}``.
+- ``burst`` (budget 20 % of one core) uses ``{"cpu_seconds": S}`` of CPU time and ends.
 - ``steady`` (the low budgets) sleeps ``{"seconds": S}``.
 
 Each handler records its start and finish in ``handler_runs``.
@@ -39,6 +40,15 @@ def register(app: App) -> App:
             loops += 1
         record_finish(ctx.job_id)
         return {"loops": loops}
+
+    @app.job("burst", cpu="medium", concurrency=1, max_retries=0, timeout=120)
+    def burst(ctx: JobContext, data: Any) -> dict[str, float]:
+        record_start(ctx.job_id)
+        started = time.process_time()
+        while time.process_time() - started < float(data["cpu_seconds"]):
+            pass
+        record_finish(ctx.job_id)
+        return {"cpu_seconds": time.process_time() - started}
 
     @app.job("steady", concurrency=2, max_retries=0, timeout=60)
     def steady(ctx: JobContext, data: Any) -> dict[str, float]:
