@@ -28,7 +28,8 @@ again. So the manager damps them:
   and given a service time; after that the last known service time stands in while no job
   finishes.
 * While the level is known, the recommendation of rules 3 to 6 is kept within ``band`` of
-  it. When no rule fires and the limit is outside that band, the limit moves one step
+  it, except that ``queue-high`` may go above it: more than 20 jobs waiting while CPU and
+  memory have room is a direct sign that more workers are needed. When no rule fires and the limit is outside that band, the limit moves one step
   towards it (``level``).
 * A non-pressure recommendation raises the limit by one worker at most, and only while CPU
   is under 70 % and memory under 80 %, so that neither the level nor a noisy trend pushes
@@ -337,7 +338,12 @@ class ConcurrencyManager:
         if proposal is not None:
             target = proposal.limit
             if band is not None:
-                target = min(band[1], max(band[0], target))
+                target = max(band[0], target)
+                # A backlog of due jobs with CPU and memory to spare is the one measurement
+                # that the level, which plans to drain the queue within drain_horizon_s,
+                # may underrate: jobs that wait add latency now.
+                if proposal.rule != "queue-high":
+                    target = min(band[1], target)
         elif band is not None and not band[0] <= limit <= band[1]:
             proposal = _Proposal(
                 limit + (1 if limit < band[0] else -1), "level",
