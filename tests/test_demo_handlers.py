@@ -67,7 +67,7 @@ def assert_json_result(result: dict[str, Any], home: Path) -> Path:
 def test_registers_the_five_job_types() -> None:
     assert set(app.job_types) == JOB_TYPES
     assert (app.job_types["cartoonize"].memory, app.job_types["cartoonize"].cpu) == (
-        "medium",
+        "high",
         "high",
     )
     assert (app.job_types["image-generation"].memory, app.job_types["image-generation"].cpu) == (

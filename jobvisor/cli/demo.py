@@ -52,8 +52,10 @@ def command_demo(args: argparse.Namespace) -> int:
     ids = app.enqueue_many(demo_jobs(args.jobs, seed=args.seed))
     console.print(
         f"Enqueued {len(ids)} jobs; running them with at most "
-        f"{app.settings.max_concurrent_jobs} at once. Output goes to {home_dir() / 'demo-output'}"
+        f"{app.settings.max_concurrent_jobs} at once to start with. Output goes to "
+        f"{home_dir() / 'demo-output'}"
     )
+    run_started = time.time()
 
     started = time.monotonic()
     pid = os.fork()
@@ -73,8 +75,11 @@ def command_demo(args: argparse.Namespace) -> int:
 
     outcomes = store.job_outcomes(ids)
     failed = print_summary(outcomes, elapsed, console)
-    images = sorted((home_dir() / "demo-output").glob("*.png"))
-    console.print(f"{len(images)} PNG files in {home_dir() / 'demo-output'}")
+    images = [
+        path for path in (home_dir() / "demo-output").glob("*.png")
+        if path.stat().st_mtime >= run_started
+    ]
+    console.print(f"{len(images)} PNG files written to {home_dir() / 'demo-output'}")
     if exit_status != 0:
         console.print(f"[red]The supervisor exited with status {exit_status}[/red]")
         return 1

@@ -98,7 +98,7 @@ def _write_text(path: Path, text: str) -> Path:
 # Image jobs
 
 
-@app.job("cartoonize", memory="medium", cpu="high", max_retries=3, timeout=600)
+@app.job("cartoonize", memory="high", cpu="high", max_retries=3, timeout=600)
 def cartoonize(ctx: Any, data: Any) -> dict[str, Any]:
     """Apply a cartoon-style filter to a bundled photo.
 

@@ -178,7 +178,8 @@ def _install_child_signals(worker: object) -> None:
     assert isinstance(worker, Worker)
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    # Ctrl-C reaches the whole process group; the supervisor decides what the workers do.
+    # Ctrl-C and a closed terminal's SIGHUP reach the whole process group; the supervisor
+    # decides what the workers do.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, frame: worker.stop())
