@@ -69,6 +69,7 @@ ENVIRONMENT = {
     "JOBVISOR_MEMORY_HARD_FACTOR": "memory_hard_factor",
     "JOBVISOR_MAX_JOBS_PER_WORKER": "max_jobs_per_worker",
     "JOBVISOR_CPU_THROTTLE": "cpu_throttle",
+    "JOBVISOR_MAX_CONNECTIONS": "max_connections",
 }
 
 
@@ -131,6 +132,9 @@ class Settings:
     # Hold each running job to its type's CPU budget: cgroup cpu.max where the machine
     # delegates the cpu controller, otherwise by pausing the worker with SIGSTOP/SIGCONT.
     cpu_throttle: bool = True
+    # Database connections that a node opens at most: one for the supervisor and one per
+    # worker, so it runs at most max_connections - 1 workers. 0 means no cap.
+    max_connections: int = 0
     # A worker exits and is replaced after this many jobs, so slow leaks cannot build up.
     max_jobs_per_worker: int = 1000
 
@@ -145,6 +149,11 @@ class Settings:
             _check_number(
                 item.name, getattr(self, item.name), type(item.default),
                 allow_zero=item.name in ZERO_ALLOWED,
+            )
+        if self.max_connections == 1:
+            raise ConfigError(
+                "max_connections=1 leaves no connection for a worker besides the supervisor's; "
+                "use 2 or more, or 0 for no cap"
             )
         if self.memory_hard_factor < 1:
             raise ConfigError(
@@ -212,7 +221,7 @@ class Settings:
 
 
 # Settings where 0 has a meaning of its own (see the field's comment).
-ZERO_ALLOWED = frozenset({"concurrency_ceiling"})
+ZERO_ALLOWED = frozenset({"concurrency_ceiling", "max_connections"})
 
 
 def _check_number(

@@ -15,6 +15,7 @@ import weakref
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
 from jobvisor.db.dsn import redact
@@ -26,8 +27,23 @@ _open_connections: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
 _inherited: list[psycopg.Connection[Any]] = []
 
 
+# libpq settings that notice a peer that vanished without closing the TCP connection (a
+# crashed host, a dropped NAT entry): probes after 30 s idle, every 10 s, 3 misses, and a
+# write that stays unacknowledged for 30 s. A DSN that sets any of them keeps its own value.
+# libpq ignores them for Unix-domain sockets.
+TCP_DEFAULTS = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+
+
 def connect(dsn: str, *, application_name: str = "jobvisor", **kwargs: Any) -> psycopg.Connection[Any]:
     """Open an autocommit connection that returns rows as dicts."""
+    given = conninfo_to_dict(dsn)
+    options = {key: value for key, value in TCP_DEFAULTS.items() if key not in given}
     try:
         conn = psycopg.connect(
             dsn,
@@ -35,7 +51,7 @@ def connect(dsn: str, *, application_name: str = "jobvisor", **kwargs: Any) -> p
             row_factory=dict_row,
             application_name=application_name,
             connect_timeout=10,
-            **kwargs,
+            **{**options, **kwargs},
         )
     except psycopg.OperationalError as error:
         message = str(error).strip().replace("\n", " ")

@@ -98,6 +98,7 @@ class Supervisor:
         self._signals: deque[int] = deque()
         self._selector = selectors.DefaultSelector()
         self._conn: psycopg.Connection[Any] | None = None
+        self._conn_fd: int | None = None
         self._store: JobStore | None = None
         self._stopping = False
         self._stop_deadline = 0.0
@@ -551,6 +552,9 @@ class Supervisor:
 
     def _allocate(self, store: JobStore) -> None:
         capacity = self.concurrency.limit
+        if self.settings.max_connections:
+            # The supervisor holds one connection and each worker one.
+            capacity = min(capacity, self.settings.max_connections - 1)
         backlog = store.pending_summary(self.types, cap=capacity)
         if self.exit_when_idle and self._check_idle(store, backlog):
             self.request_stop("no jobs left")
@@ -633,7 +637,9 @@ class Supervisor:
     def _connect(self) -> None:
         self._conn = self.app.connect(application_name=f"jobvisor-supervisor {self.node}")
         self._conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-        self._selector.register(self._conn.fileno(), selectors.EVENT_READ, "database")
+        # Kept, because fileno() raises once the connection is lost.
+        self._conn_fd = self._conn.fileno()
+        self._selector.register(self._conn_fd, selectors.EVENT_READ, "database")
         self._store = JobStore(self._conn)
 
     def _ready_store(self) -> JobStore | None:
@@ -651,9 +657,11 @@ class Supervisor:
         return self._store
 
     def _drop_connection(self) -> None:
-        if self._conn is not None:
+        if self._conn_fd is not None:
             with contextlib.suppress(KeyError, ValueError, OSError):
-                self._selector.unregister(self._conn.fileno())
+                self._selector.unregister(self._conn_fd)
+            self._conn_fd = None
+        if self._conn is not None:
             with contextlib.suppress(psycopg.Error):
                 self._conn.close()
         self._conn = self._store = None

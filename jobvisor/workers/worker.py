@@ -40,6 +40,9 @@ WAIT_SLICE_S = 0.25
 COMPLETION_FLUSH_S = 0.2
 # Pause before claiming again when due jobs exist but a running-job limit blocks them (seconds).
 BLOCKED_RETRY_S = 0.5
+# An idle worker checks this often that its session still listens (seconds). A session that
+# the server ended fails the check, and the worker reconnects and listens again.
+LISTEN_CHECK_S = 30.0
 # Reconnect delays after a lost database connection double from base to max (seconds).
 RECONNECT_BASE_S = 0.5
 RECONNECT_MAX_S = 15.0
@@ -85,6 +88,7 @@ class Worker:
         self._store: JobStore | None = None
         self._conn: psycopg.Connection[Any] | None = None
         self._batch_size = 1
+        self._next_listen_check = 0.0
         # Results of finished jobs not yet stored: (job id, result as JSON text).
         self._results: list[tuple[int, str]] = []
         # Ids of jobs claimed by this worker whose outcome is not stored yet.
@@ -167,6 +171,7 @@ class Worker:
         self._conn = self.app.connect(application_name=f"jobvisor-worker {self.types[0]}")
         self._conn.add_notify_handler(self._on_notify)
         self._conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        self._next_listen_check = time.monotonic() + LISTEN_CHECK_S
         self._store = JobStore(self._conn)
 
     def _close_connection(self) -> None:
@@ -317,12 +322,26 @@ class Worker:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
+            if time.monotonic() >= self._next_listen_check:
+                self._check_listening()
             readable, _, _ = select.select([self._conn.fileno()], [], [], min(remaining, WAIT_SLICE_S))
             if readable:
                 self._drain_notifications()
             if self._orphaned():
                 return False
         return not self.stopping
+
+    def _check_listening(self) -> None:
+        """Listen again if the session lost its LISTEN; a lost session raises OperationalError."""
+        assert self._conn is not None
+        self._next_listen_check = time.monotonic() + LISTEN_CHECK_S
+        row = self._conn.execute(
+            "SELECT count(*) AS n FROM pg_listening_channels() AS c WHERE c = %s", (NOTIFY_CHANNEL,)
+        ).fetchone()
+        if row is None or not row["n"]:
+            logger.warning("worker %s: its session no longer listened; listening again", self.worker_id)
+            self._conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            self._woken = True  # a notification may have been missed meanwhile
 
     def _drain_notifications(self) -> None:
         assert self._conn is not None
