@@ -32,6 +32,7 @@ from jobvisor.db.migrations import migrate
 from jobvisor.db.store import JobStore, NewJob
 from jobvisor.errors import ConfigError, InvalidJobError, UnknownJobTypeError
 from jobvisor.payload import to_json
+from jobvisor.resilience.breakers import BreakerRegistry, breaker_configs
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +49,38 @@ class App:
     ``dsn`` defaults to ``JOBVISOR_DSN``, then ``DATABASE_URL``, then the embedded server.
     """
 
-    def __init__(self, dsn: str | None = None, *, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        settings: Settings | None = None,
+        breakers: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        """``breakers`` maps a service name to BreakerConfig fields, for example
+        ``{"openai": {"reset_timeout_s": 60}, "stripe": {"max_failures": 3}}``."""
         self._dsn_argument = configured_dsn(dsn) if dsn is not None else None
         self._dsn: str | None = self._dsn_argument
         self.settings = settings or Settings.load()
+        self.breaker_configs = breaker_configs(breakers)
+        self._breakers: BreakerRegistry | None = None
         self.job_types: dict[str, JobType] = {}
         self._conn: psycopg.Connection[Any] | None = None
         self._lock = threading.Lock()
         _apps.add(self)
+
+    # Circuit breakers
+
+    @property
+    def breakers(self) -> BreakerRegistry:
+        """The circuit breakers of this process: the node's shared ones inside a supervisor
+        and its workers, otherwise breakers of this process alone."""
+        if self._breakers is None:
+            self._breakers = BreakerRegistry(None, self.breaker_configs)
+        return self._breakers
+
+    def use_breakers(self, registry: BreakerRegistry) -> None:
+        """Share ``registry`` with the workers this process forks from now on."""
+        self._breakers = registry
 
     # Database
 

@@ -136,6 +136,13 @@ class JobStore:
         ).fetchall()
         return {int(row["id"]) for row in rows}
 
+    def postpone(self, job_id: int, worker: str, delay_s: float) -> bool:
+        """Return a held job to pending for ``delay_s`` seconds without counting an attempt."""
+        row = self.conn.execute(
+            query("postpone_job"), {"id": job_id, "worker": worker, "delay": delay_s}
+        ).fetchone()
+        return row is not None
+
     def fail_attempt(
         self, job_id: int, worker: str, error: str, traceback: str | None, retry_delay_s: float
     ) -> dict[str, Any] | None:

@@ -515,6 +515,20 @@ class CircuitBreaker:
             "probes": status.probes,
         }
 
+    def admission(self) -> str:
+        """Return what the breaker admits now, without changing it.
+
+        "all" when closed, "probe" when half_open or open past its reset timeout (the next
+        call becomes a probe), "none" while open before its reset timeout.
+        """
+        status = self._current()
+        if status.state is BreakerState.CLOSED:
+            return "all"
+        if status.state is BreakerState.OPEN:
+            ready = self._clock() >= status.opened_at + self.config.reset_timeout_s
+            return "probe" if ready else "none"
+        return "probe"
+
     def before_call(self) -> None:
         """Admit a call or raise BreakerOpenError.
 

@@ -174,3 +174,17 @@ SELECT id, type, status::text AS status, retry_count,
        extract(epoch FROM completed_at - created_at) AS latency_s
 FROM background_jobs
 WHERE id = ANY(%(ids)s::bigint[])
+
+-- name: postpone_job
+-- Give a held job back to pending until run_at = now + delay, without counting an attempt:
+-- the job did not fail, a service it needs refused calls (its circuit breaker is open).
+UPDATE background_jobs
+SET status = 'pending',
+    locked_by = NULL,
+    lease_expires_at = NULL,
+    run_at = now() + %(delay)s * interval '1 second',
+    progress = 0,
+    current_step = NULL,
+    updated_at = now()
+WHERE id = %(id)s AND locked_by = %(worker)s AND status = 'processing'
+RETURNING id, run_at

@@ -28,6 +28,7 @@ import psycopg
 
 from jobvisor.db.store import JobStore, TypeBacklog
 from jobvisor.errors import ConfigError
+from jobvisor.resilience.breakers import BreakerRegistry
 from jobvisor.supervisor.allocation import TypeDemand, plan_workers
 from jobvisor.supervisor.budgets import MemoryGuard, ResourceBudget
 from jobvisor.supervisor.children import Child, spawn_child
@@ -133,6 +134,8 @@ class Supervisor:
         self._throttle: CpuThrottle | None = None
         self._telemetry: NodeTelemetry | None = None
         self._unfit_logged: set[str] = set()
+        # Job types whose workers the services' breakers hold back, with the reason.
+        self._held_back: dict[str, str] = {}
         self._next_throttle: float | None = None
 
     def _check_budgets_fit(self) -> None:
@@ -161,6 +164,10 @@ class Supervisor:
         """Run until SIGTERM/SIGINT (or idle, with exit_when_idle); return the exit code."""
         self._connect()
         self._telemetry = NodeTelemetry(self.app, self.settings)
+        # Created before any fork, so every worker shares the node's breakers.
+        self.app.use_breakers(BreakerRegistry(self._telemetry.block, self.app.breaker_configs))
+        for service in sorted({"database", *(s for t in self.types for s in self.app.job_types[t].services)}):
+            self.app.breakers.get(service)
         if self.settings.cpu_throttle:
             self._throttle = CpuThrottle.create(may_pause=self._in_handler)
         self._install_signals()
@@ -570,6 +577,7 @@ class Supervisor:
             due = item.due if item else 0
             score = item.head_score if item and item.head_score is not None else float(spec.priority) - 100
             limit = 0 if self.policies[job_type].paused() else spec.concurrency
+            limit = min(limit, self._service_limit(job_type, len(mine)))
             demands.append(TypeDemand(job_type, limit, due + busy, score, len(mine)))
         target = plan_workers(demands, capacity)
 
@@ -578,7 +586,9 @@ class Supervisor:
             # Retire idle workers first, then the ones that have worked longest.
             mine.sort(key=lambda c: (c.busy, c.started_at))
             for child in mine[count:]:
-                child.stop_reason = "retired: its slot went to another job type"
+                child.stop_reason = self._held_back.get(
+                    job_type, "retired: its slot went to another job type"
+                )
                 child.signal(signal.SIGTERM)
         for job_type, count in target.items():
             policy = self.policies[job_type]
@@ -591,6 +601,41 @@ class Supervisor:
             ):
                 self._spawn(job_type)
                 mine += 1
+
+    def _service_limit(self, job_type: str, current: int) -> int:
+        """Return how many workers ``job_type`` may have given its services' breakers.
+
+        An open breaker allows none, so the type's jobs stay pending; one past its reset
+        timeout, or half-open, allows one worker, whose next call is the probe. CPU or memory
+        above a service's thresholds allows no new worker. Records the reason in _held_back.
+        """
+        services = self.app.job_types[job_type].services
+        limit, reasons = 1_000_000, []
+        machine = self._telemetry.observer.machine if self._telemetry is not None else None
+        for service in services:
+            breaker = self.app.breakers.get(service)
+            admission = breaker.admission()
+            if admission == "none":
+                limit = 0
+                reasons.append(f"the {service} circuit breaker is open")
+            elif admission == "probe":
+                limit = min(limit, 1)
+                reasons.append(f"the {service} circuit breaker admits one probe")
+            if machine is not None:
+                # Queue depth is left out (0): holding workers back would only deepen it.
+                exceeded = breaker.check_resources(machine.cpu_percent, machine.memory_percent, 0)
+                if exceeded:
+                    limit = min(limit, current)
+                    reasons.append(f"{service} thresholds: {'; '.join(exceeded)}")
+        reason = f"held back: {', '.join(reasons)}" if reasons else None
+        if reason != self._held_back.get(job_type):
+            if reason is None:
+                self._held_back.pop(job_type, None)
+                logger.info("job type %s runs again: its services admit calls", job_type)
+            else:
+                self._held_back[job_type] = reason
+                logger.warning("job type %s %s", job_type, reason)
+        return limit
 
     def _write_snapshot(self, *, final: bool = False) -> None:
         now = time.monotonic()

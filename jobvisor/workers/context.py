@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from jobvisor.errors import InvalidJobError
+
+if TYPE_CHECKING:
+    from jobvisor.net.http import HttpClient
+    from jobvisor.resilience.breakers import BreakerRegistry, CircuitBreaker
 
 
 class JobContext:
@@ -23,6 +28,7 @@ class JobContext:
         user_id: str | None,
         user_type: str | None,
         report: Callable[[int, str | None], None],
+        breakers: BreakerRegistry | None = None,
     ) -> None:
         self.job_id = job_id
         self.job_type = job_type
@@ -34,7 +40,26 @@ class JobContext:
             {"job_id": job_id, "job_type": job_type, "attempt": attempt},
         )
         self._report = report
+        self._breakers = breakers
         self.last_progress = 0
+
+    def breaker(self, service: str) -> CircuitBreaker:
+        """Return the node's circuit breaker of ``service``, shared by all its workers."""
+        if self._breakers is None:
+            from jobvisor.resilience.breakers import BreakerRegistry
+
+            self._breakers = BreakerRegistry(None)
+        return self._breakers.get(service)
+
+    def http(self, service: str = "general", **options: Any) -> HttpClient:
+        """Return this process's HTTP client for ``service``, counted by its breaker.
+
+        ``options`` are HttpClient arguments such as ``base_url`` and ``headers``; the first
+        call in a process fixes them (see ``jobvisor.net.http.http_client``).
+        """
+        from jobvisor.net.http import http_client
+
+        return http_client(service, breaker=self.breaker(service), **options)
 
     def progress(self, percent: int | float, step: str | None = None) -> None:
         """Store the job's progress (0 to 100) and, optionally, the step it is in."""

@@ -23,6 +23,7 @@ import psycopg
 from jobvisor.db.store import ClaimedJob, JobStore
 from jobvisor.errors import InvalidJobError, JobTimeoutError
 from jobvisor.payload import to_json
+from jobvisor.resilience.breakers import BreakerOpenError
 from jobvisor.telemetry.shm import SlotState
 from jobvisor.workers.context import JobContext
 
@@ -43,6 +44,8 @@ BLOCKED_RETRY_S = 0.5
 # An idle worker checks this often that its session still listens (seconds). A session that
 # the server ended fails the check, and the worker reconnects and listens again.
 LISTEN_CHECK_S = 30.0
+# Pause before a worker whose types all wait on open circuit breakers looks again (seconds).
+BREAKER_WAIT_S = 1.0
 # Reconnect delays after a lost database connection double from base to max (seconds).
 RECONNECT_BASE_S = 0.5
 RECONNECT_MAX_S = 15.0
@@ -115,12 +118,14 @@ class Worker:
                 try:
                     if self._store is None:
                         self._open_connection()
+                        self.app.breakers.get("database").on_success()
                         self._recover()
                     if not self._turn():
                         break
                     failures = 0
                 except psycopg.OperationalError as error:
                     failures += 1
+                    self.app.breakers.get("database").on_failure()
                     delay = min(RECONNECT_MAX_S, RECONNECT_BASE_S * 2 ** (failures - 1))
                     logger.warning(
                         "worker %s lost the database (%s); reconnecting in %.1f s",
@@ -139,15 +144,20 @@ class Worker:
         assert self._store is not None
         self._flush()
         self._woken = False
+        types = self._claimable_types()
+        if not types:
+            # Every type calls a service whose breaker rejects calls: the jobs stay pending.
+            self._stopping.wait(BREAKER_WAIT_S)
+            return True
         batch_size = self._batch_size
         if self.max_jobs is not None:
             batch_size = max(1, min(batch_size, self.max_jobs - self.jobs_done))
         jobs = self._store.claim(
-            self.types,
+            types,
             self.worker_id,
             batch_size,
             self.settings.lease_seconds,
-            type_limits=[self.app.job_types[t].concurrency for t in self.types],
+            type_limits=[self.app.job_types[t].concurrency for t in types],
             max_per_user=self.settings.max_jobs_per_user,
         )
         self._held.update(job.id for job in jobs)
@@ -155,6 +165,15 @@ class Worker:
             self._run_batch(jobs)
             return self.max_jobs is None or self.jobs_done < self.max_jobs
         return self._wait_for_work()
+
+    def _claimable_types(self) -> list[str]:
+        """Return the worker's types whose services' breakers admit calls (or a probe)."""
+        registry = self.app.breakers
+        return [
+            name for name in self.types
+            if all(registry.get(service).admission() != "none"
+                   for service in self.app.job_types[name].services)
+        ]  # fmt: skip
 
     def _recover(self) -> None:
         """After a reconnect: store held-back results and give back the other held jobs."""
@@ -250,6 +269,7 @@ class Worker:
             user_id=job.user_id,
             user_type=job.user_type,
             report=lambda percent, step: self._report_progress(job.id, percent, step),
+            breakers=self.app.breakers,
         )
         self._send_status(f"S {job.id} {spec.timeout}")
         self._update_slot(SlotState.RUNNING, job.id)
@@ -258,9 +278,13 @@ class Worker:
         error: str | None = None
         details: str | None = None
         return_value = "null"
+        refused: BreakerOpenError | None = None
         try:
             with _soft_timeout(spec.timeout):
                 result = spec.handler(context, job.input_data)
+        except BreakerOpenError as failure:
+            refused = failure
+            error = str(failure)
         except JobTimeoutError:
             error = f"timed out after {spec.timeout:g} s"
         except Exception as failure:  # noqa: BLE001 - a handler may raise anything
@@ -282,6 +306,17 @@ class Worker:
         if error is None:
             logger.debug("job %d (%s) completed in %.3f s", job.id, job.type, elapsed)
             return return_value
+
+        if refused is not None:
+            # The job did not fail: a service refused it. It waits until the breaker admits
+            # a probe, and the attempt does not count.
+            delay = max(BREAKER_WAIT_S, refused.retry_after_s or 0.0)
+            self._held.discard(job.id)
+            if self._store.postpone(job.id, self.worker_id, delay):
+                logger.info("job %d (%s) postponed by %.1f s: %s", job.id, job.type, delay, refused)
+            else:
+                logger.warning("job %d (%s) could not be postponed, its lease was lost", job.id, job.type)
+            return None
 
         delay = retry_delay(job.retry_count, self.settings.retry_base_delay_s, self.settings.retry_max_delay_s)
         row = self._store.fail_attempt(job.id, self.worker_id, error, details, delay)
