@@ -390,3 +390,38 @@ def test_requeue_notifies(database_dsn, db):
         payloads = [note.payload for note in listening.notifies(timeout=1.0, stop_after=1)]
 
     assert payloads == ["r"]
+
+
+# claim_jobs running limits
+
+
+def claim_capped(db, worker, batch, type_limit=None, max_per_user=None):
+    rows = db.execute(
+        "SELECT id, user_id FROM claim_jobs(ARRAY['capped'], %s, %s, 60, %s, %s)",
+        (worker, batch, None if type_limit is None else [type_limit], max_per_user),
+    ).fetchall()
+    return rows
+
+
+def test_type_limit_counts_workers_not_rows(db):
+    insert_jobs(db, "capped", 120)
+
+    first = claim_capped(db, "w1", 50, type_limit=2)
+    second = claim_capped(db, "w2", 50, type_limit=2)
+    third = claim_capped(db, "w3", 50, type_limit=2)
+    again = claim_capped(db, "w1", 10, type_limit=2)
+
+    assert len(first) == 50
+    assert len(second) == 50
+    assert third == []
+    assert len(again) == 10
+
+
+def test_user_limit_counts_workers_not_rows(db):
+    insert_jobs(db, "capped", 30, user_id="ana")
+
+    first = claim_capped(db, "w1", 20, max_per_user=1)
+    second = claim_capped(db, "w2", 20, max_per_user=1)
+
+    assert len(first) == 20
+    assert second == []
