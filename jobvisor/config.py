@@ -103,10 +103,13 @@ class Settings:
     crash_loop_restarts: int = 5
     crash_loop_window_s: float = 60.0
     crash_pause_s: float = 300.0
-    # Jobs a worker takes per claim grow up to this while jobs are short (below
-    # short_job_s each), and fall back to one when they are not.
-    claim_batch_max: int = 100
+    # Jobs a worker takes per claim double while jobs are short (below short_job_s each), up
+    # to claim_batch_max and to what the worker runs in about claim_batch_s; they fall back
+    # to one when jobs are not short. Claimed jobs wait in the worker, so claim_batch_s
+    # bounds how long a job that arrives later waits for a busy worker.
+    claim_batch_max: int = 500
     short_job_s: float = 0.05
+    claim_batch_s: float = 0.5
     # Retry backoff of a failed job: retry_base_delay_s * 2**retry_count, capped, with jitter.
     retry_base_delay_s: float = 1.0
     retry_max_delay_s: float = 300.0

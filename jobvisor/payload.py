@@ -7,13 +7,57 @@ value, so that a caller can find it in a large payload.
 
 from __future__ import annotations
 
+import enum
 import json
 import math
+import uuid
 from typing import Any
+
+import orjson
 
 from jobvisor.errors import InvalidJobError
 
-_encoder = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+
+
+# orjson encodes the common case several times faster than json. Types that json rejects
+# (dates, dataclasses) are passed through to orjson's `default`, which raises, so that json
+# decides and names the problem. Both accept UUIDs (as their string) and enum members (as
+# their value).
+_FAST_OPTIONS = (
+    orjson.OPT_NON_STR_KEYS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
+
+def _fast_encode(value: Any) -> str | None:
+    """Return orjson's encoding of ``value``, or None when json must decide.
+
+    orjson writes NaN and Infinity as null, so any output with a null goes to json, which
+    rejects them.
+    """
+    try:
+        encoded = orjson.dumps(value, option=_FAST_OPTIONS)
+    except (TypeError, orjson.JSONEncodeError):
+        return None
+    if b"null" in encoded:
+        return None
+    return encoded.decode()
+
+
+def _convert(value: Any) -> Any:
+    """Encode what orjson encodes natively beyond plain JSON types: UUIDs and enum members."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    raise TypeError(f"{type(value).__name__} is not JSON-serializable")
+
+
+_encoder = json.JSONEncoder(
+    allow_nan=False, ensure_ascii=False, separators=(",", ":"), default=_convert
+)
 
 
 def to_json(value: Any, *, what: str, max_bytes: int | None = None) -> str:
@@ -21,8 +65,10 @@ def to_json(value: Any, *, what: str, max_bytes: int | None = None) -> str:
 
     ``what`` names the value in error messages, for example "input_data of row 3".
     """
+    text = _fast_encode(value)
     try:
-        text = _encoder.encode(value)
+        if text is None:
+            text = _encoder.encode(value)
     except ValueError:
         path, bad = _find(value, _is_non_finite) or ("$", None)
         raise InvalidJobError(
@@ -74,7 +120,8 @@ def _has_surrogate(value: Any) -> bool:
 
 
 def _is_unsupported(value: Any) -> bool:
-    return not isinstance(value, (dict, list, tuple, str, int, float, bool, type(None)))
+    supported = (dict, list, tuple, str, int, float, bool, type(None), uuid.UUID, enum.Enum)
+    return not isinstance(value, supported)
 
 
 def _is_scalar_key(key: Any) -> bool:

@@ -14,9 +14,11 @@ import os
 import weakref
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
+from psycopg.types.json import set_json_loads
 
 from jobvisor.db.dsn import redact
 from jobvisor.errors import DatabaseUnavailableError
@@ -56,6 +58,8 @@ def connect(dsn: str, *, application_name: str = "jobvisor", **kwargs: Any) -> p
     except psycopg.OperationalError as error:
         message = str(error).strip().replace("\n", " ")
         raise DatabaseUnavailableError(f"cannot connect to PostgreSQL at {redact(dsn)}: {message}") from error
+    # orjson parses jsonb columns (input data, results) several times faster than json.
+    set_json_loads(orjson.loads, conn)
     _open_connections.add(conn)
     return conn
 

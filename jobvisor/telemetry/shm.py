@@ -475,8 +475,9 @@ class TelemetryBlock:
 
     def write_slot_child(self, index: int, **fields: Any) -> None:
         """Update the child part of slot ``index``; only the child owning the slot calls this."""
-        if "state" in fields:
-            fields["state"] = SlotState(fields["state"])
+        state = fields.get("state")
+        if state is not None and not isinstance(state, SlotState):
+            fields["state"] = SlotState(state)
         offset = self._slot_offset(index) + _SUPERVISOR_PART.size
         self._write_record(offset, _CHILD_PART, fields)
 

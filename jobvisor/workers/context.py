@@ -35,13 +35,20 @@ class JobContext:
         self.attempt = attempt
         self.user_id = user_id
         self.user_type = user_type
-        self.logger = logging.LoggerAdapter(
-            logging.getLogger(f"jobvisor.jobs.{job_type}"),
-            {"job_id": job_id, "job_type": job_type, "attempt": attempt},
-        )
+        self._logger: logging.LoggerAdapter[logging.Logger] | None = None
         self._report = report
         self._breakers = breakers
         self.last_progress = 0
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """Logger ``jobvisor.jobs.<job type>`` with the job's id, type and attempt as extra."""
+        if self._logger is None:
+            self._logger = logging.LoggerAdapter(
+                logging.getLogger(f"jobvisor.jobs.{self.job_type}"),
+                {"job_id": self.job_id, "job_type": self.job_type, "attempt": self.attempt},
+            )
+        return self._logger
 
     def breaker(self, service: str) -> CircuitBreaker:
         """Return the node's circuit breaker of ``service``, shared by all its workers."""

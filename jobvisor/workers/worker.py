@@ -222,7 +222,8 @@ class Worker:
         # while they wait, so a batch could fill with lower-priority jobs of other types.
         mean = (time.monotonic() - batch_started) / len(jobs)
         if mean < self.settings.short_job_s and len(self.types) == 1:
-            self._batch_size = min(self._batch_size * 2, self.settings.claim_batch_max)
+            fits = int(self.settings.claim_batch_s / mean) if mean > 0 else self.settings.claim_batch_max
+            self._batch_size = max(1, min(self._batch_size * 2, self.settings.claim_batch_max, fits))
         else:
             self._batch_size = 1
 
@@ -434,25 +435,32 @@ def retry_delay(retry_count: int, base_s: float, max_s: float) -> float:
     return ceiling * (0.5 + 0.5 * random.random())
 
 
+# The timeout of the job that runs now, for the SIGALRM handler's message (seconds).
+_alarm_seconds = 0.0
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise JobTimeoutError(f"timed out after {_alarm_seconds:g} s")
+
+
 @contextlib.contextmanager
 def _soft_timeout(seconds: float) -> Iterator[None]:
     """Raise :class:`JobTimeoutError` in the handler after ``seconds``, via SIGALRM.
 
     Only the main thread receives signals, so elsewhere this does nothing and the
     supervisor's hard timeout alone applies. A handler blocked in C code sees the error
-    when it returns to Python.
+    when it returns to Python. The SIGALRM handler is installed once per process and stays
+    installed, which saves two system calls per job.
     """
+    global _alarm_seconds
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def expire(signum: int, frame: Any) -> None:
-        raise JobTimeoutError(f"timed out after {seconds:g} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
+    if signal.getsignal(signal.SIGALRM) is not _on_alarm:
+        signal.signal(signal.SIGALRM, _on_alarm)
+    _alarm_seconds = seconds
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
