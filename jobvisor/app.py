@@ -8,7 +8,7 @@ import math
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import psycopg
@@ -209,30 +209,33 @@ class App:
         ``priority`` and ``delay``. Every row is validated first; if any is invalid, the
         error names the row and nothing is stored.
         """
-        jobs = []
+        with self._lock:
+            return self._store().enqueue_many(self._build_jobs(rows))
+
+    def _build_jobs(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[NewJob]:
+        """Validate ``rows`` one by one; raise InvalidJobError naming the first bad row."""
         for index, row in enumerate(rows):
-            where = f"row {index}: "
             if not isinstance(row, Mapping):
-                raise InvalidJobError(f"{where}expected a dict with job_type and data, got {type(row).__name__}")
-            unknown = set(row) - ROW_KEYS
-            if unknown:
-                raise InvalidJobError(f"{where}unknown keys {sorted(unknown)}; allowed keys are {sorted(ROW_KEYS)}")
+                raise InvalidJobError(
+                    f"row {index}: expected a dict with job_type and data, got {type(row).__name__}"
+                )
+            if not row.keys() <= ROW_KEYS:
+                unknown = sorted(set(row) - ROW_KEYS)
+                raise InvalidJobError(
+                    f"row {index}: unknown keys {unknown}; allowed keys are {sorted(ROW_KEYS)}"
+                )
             for required in ("job_type", "data"):
                 if required not in row:
-                    raise InvalidJobError(f"{where}missing key {required!r}")
-            jobs.append(
-                self._build_job(
-                    row["job_type"],
-                    row["data"],
-                    row.get("user_id"),
-                    row.get("user_type"),
-                    row.get("priority"),
-                    row.get("delay"),
-                    where=where,
-                )
+                    raise InvalidJobError(f"row {index}: missing key {required!r}")
+            yield self._build_job(
+                row["job_type"],
+                row["data"],
+                row.get("user_id"),
+                row.get("user_type"),
+                row.get("priority"),
+                row.get("delay"),
+                where=f"row {index}: ",
             )
-        with self._lock:
-            return self._store().enqueue_many(jobs)
 
     def _build_job(
         self,

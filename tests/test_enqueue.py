@@ -457,3 +457,29 @@ def test_enqueue_many_stores_row_options(app, db):
     assert second["priority"] == 3
     assert third["priority"] == -4
     assert third["ahead"] == pytest.approx(60, abs=1e-6)
+
+
+def test_bad_row_after_first_chunk_stores_none(app, db):
+    rows = [{"job_type": "plain", "data": {"n": n}} for n in range(10_005)]
+    rows.append({"job_type": "plain", "data": {"bad": float("nan")}})
+
+    with pytest.raises(InvalidJobError) as caught:
+        app.enqueue_many(rows)
+
+    assert "row 10005" in str(caught.value)
+    assert job_count(db) == 0
+
+
+def test_many_chunks_keep_order(app, db):
+    ids = app.enqueue_many([{"job_type": "plain", "data": {"n": n}} for n in range(25_000)])
+
+    assert len(ids) == 25_000
+    assert ids == sorted(ids)
+    rows = db.execute("SELECT id, input_data FROM background_jobs ORDER BY id").fetchall()
+    assert [row["input_data"]["n"] for row in rows] == list(range(25_000))
+    assert [row["id"] for row in rows] == ids
+
+
+def test_empty_enqueue_many_stores_nothing(app, db):
+    assert app.enqueue_many([]) == []
+    assert job_count(db) == 0

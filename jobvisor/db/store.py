@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,21 @@ class NewJob:
     priority: int
     max_retries: int
     delay_s: float
+
+
+# Rows per INSERT statement of enqueue_many.
+ENQUEUE_CHUNK = 10_000
+
+
+def _chunks(items: Iterable[NewJob], size: int) -> Iterator[list[NewJob]]:
+    chunk: list[NewJob] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 @dataclass
@@ -76,22 +91,31 @@ class JobStore:
         assert row is not None
         return int(row["id"])
 
-    def enqueue_many(self, jobs: Sequence[NewJob]) -> list[int]:
-        if not jobs:
-            return []
-        rows = self.conn.execute(
-            query("enqueue_many"),
-            {
-                "types": [job.type for job in jobs],
-                "input_data": [job.input_data for job in jobs],
-                "user_ids": [job.user_id for job in jobs],
-                "user_types": [job.user_type for job in jobs],
-                "priorities": [job.priority for job in jobs],
-                "max_retries": [job.max_retries for job in jobs],
-                "delays": [job.delay_s for job in jobs],
-            },
-        ).fetchall()
-        return [int(row["id"]) for row in rows]
+    def enqueue_many(self, jobs: Iterable[NewJob]) -> list[int]:
+        """Insert ``jobs`` in one transaction and return their ids in order.
+
+        Jobs go out in statements of ENQUEUE_CHUNK rows over a pipeline, so the server
+        inserts one chunk while the caller validates the next. An exception from ``jobs``
+        (an invalid row) rolls back every chunk.
+        """
+        cursors = []
+        with self.conn.transaction(), self.conn.pipeline():
+            for chunk in _chunks(jobs, ENQUEUE_CHUNK):
+                cursor = self.conn.cursor()
+                cursor.execute(
+                    query("enqueue_many"),
+                    {
+                        "types": [job.type for job in chunk],
+                        "input_data": [job.input_data for job in chunk],
+                        "user_ids": [job.user_id for job in chunk],
+                        "user_types": [job.user_type for job in chunk],
+                        "priorities": [job.priority for job in chunk],
+                        "max_retries": [job.max_retries for job in chunk],
+                        "delays": [job.delay_s for job in chunk],
+                    },
+                )
+                cursors.append(cursor)
+        return [int(row["id"]) for cursor in cursors for row in cursor.fetchall()]
 
     # Workers
 

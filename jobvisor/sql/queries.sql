@@ -13,8 +13,8 @@ INSERT INTO background_jobs (type, input_data, user_id, user_type, priority, max
 SELECT r.type, r.input_data::jsonb, r.user_id, r.user_type, r.priority, r.max_retries,
        now() + r.delay * interval '1 second'
 FROM unnest(
-    %(types)s::text[], %(input_data)s::text[], %(user_ids)s::text[], %(user_types)s::text[],
-    %(priorities)s::smallint[], %(max_retries)s::integer[], %(delays)s::double precision[]
+    %(types)b::text[], %(input_data)b::text[], %(user_ids)b::text[], %(user_types)b::text[],
+    %(priorities)b::smallint[], %(max_retries)b::integer[], %(delays)b::double precision[]
 ) WITH ORDINALITY AS r(type, input_data, user_id, user_type, priority, max_retries, delay, n)
 ORDER BY r.n
 RETURNING id
