@@ -433,3 +433,14 @@ def test_remove_stale_reused_pid() -> None:
     finally:
         telemetry.close()
         telemetry.unlink()
+
+
+def test_write_child_record_matches_fields(block: TelemetryBlock) -> None:
+    block.write_slot_child(2, state=SlotState.IDLE, job_id=1, jobs_done=1)
+
+    block.write_child_record(2, SlotState.RUNNING, 42, 9, 1000.5, 1001.5, 3.25)
+
+    record = block.read_slot(2)
+    assert record.child_state == SlotState.RUNNING
+    assert (record.job_id, record.jobs_done) == (42, 9)
+    assert (record.job_started_at, record.heartbeat_at, record.job_cpu_s) == (1000.5, 1001.5, 3.25)

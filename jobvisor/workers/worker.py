@@ -402,15 +402,15 @@ class Worker:
             return
         block, index = self.telemetry
         now = time.time()
-        block.write_slot_child(
+        block.write_child_record(
             index,
-            state=state,
-            job_id=job_id,
-            jobs_done=self.jobs_done,
-            job_started_at=now if job_id else 0.0,
-            heartbeat_at=now,
+            state,
+            job_id,
+            self.jobs_done,
+            now if job_id else 0.0,
+            now,
             # The supervisor charges a job's CPU against its budget from this figure.
-            job_cpu_s=time.process_time() if job_id else 0.0,
+            time.process_time() if job_id else 0.0,
         )
 
     def _send_status(self, message: str) -> None:
