@@ -116,3 +116,24 @@ def test_open_breaker_holds_jobs_then_probe_closes(service, supervisors, databas
     log = supervisor.log()
     assert "held back: the openai circuit breaker is open" in log
     producer.close()
+
+
+def test_outage_does_not_use_up_retries(supervisors, database_dsn):
+    # Six failures: two before the breaker opens, the one that opens it, then three failed
+    # probes. Each job may be retried once, so counting every failure would fail some.
+    outage = FlakyService(failures=6, probe_delay_s=0.0)
+    try:
+        producer = flaky.register(App(database_dsn, settings=Settings.load(environ={})))
+        ids = producer.enqueue_many([{"job_type": "ai-fragile", "data": {}} for _ in range(4)])
+        supervisor = supervisors.start("flaky", env={"FLAKY_URL": outage.url})
+
+        wait_until(
+            lambda: {row["status"] for row in job_rows(producer.connect(), ids)} == {"completed"},
+            60, lambda: f"{job_rows(producer.connect(), ids)}\n{supervisor.log_tail()}",
+        )  # fmt: skip
+        statuses = [status for _, status in outage.arrivals]
+        assert statuses[:6] == [500] * 6
+        assert "postponed" in supervisor.log()
+        producer.close()
+    finally:
+        outage.close()

@@ -160,10 +160,14 @@ class JobStore:
         ).fetchall()
         return {int(row["id"]) for row in rows}
 
-    def postpone(self, job_id: int, worker: str, delay_s: float) -> bool:
-        """Return a held job to pending for ``delay_s`` seconds without counting an attempt."""
+    def postpone(self, job_id: int, worker: str, delay_s: float, reason: str) -> bool:
+        """Return a held job to pending for ``delay_s`` seconds without counting an attempt.
+
+        ``reason`` is kept in the job's ``error`` column, so that `jobvisor status` shows it.
+        """
         row = self.conn.execute(
-            query("postpone_job"), {"id": job_id, "worker": worker, "delay": delay_s}
+            query("postpone_job"),
+            {"id": job_id, "worker": worker, "delay": delay_s, "reason": reason},
         ).fetchone()
         return row is not None
 

@@ -185,6 +185,7 @@ SET status = 'pending',
     run_at = now() + %(delay)s * interval '1 second',
     progress = 0,
     current_step = NULL,
+    error = %(reason)s,
     updated_at = now()
 WHERE id = %(id)s AND locked_by = %(worker)s AND status = 'processing'
 RETURNING id, run_at

@@ -136,6 +136,8 @@ class Supervisor:
         self._unfit_logged: set[str] = set()
         # Job types whose workers the services' breakers hold back, with the reason.
         self._held_back: dict[str, str] = {}
+        # The causes behind _held_back, without measured figures, to log only real changes.
+        self._held_back_causes: dict[str, str] = {}
         self._next_throttle: float | None = None
 
     def _check_budgets_fit(self) -> None:
@@ -606,35 +608,44 @@ class Supervisor:
         """Return how many workers ``job_type`` may have given its services' breakers.
 
         An open breaker allows none, so the type's jobs stay pending; one past its reset
-        timeout, or half-open, allows one worker, whose next call is the probe. CPU or memory
-        above a service's thresholds allows no new worker. Records the reason in _held_back.
+        timeout, or half-open, allows one worker, whose next call is the probe. Machine CPU
+        or memory above a service's thresholds allows no new worker. A change of these
+        conditions is logged once, and the stop reason of retired workers names it.
         """
-        services = self.app.job_types[job_type].services
-        limit, reasons = 1_000_000, []
+        limit, causes, details = 1_000_000, [], []
         machine = self._telemetry.observer.machine if self._telemetry is not None else None
-        for service in services:
+        for service in self.app.job_types[job_type].services:
             breaker = self.app.breakers.get(service)
             admission = breaker.admission()
             if admission == "none":
                 limit = 0
-                reasons.append(f"the {service} circuit breaker is open")
+                causes.append(f"{service} open")
+                details.append(f"the {service} circuit breaker is open")
             elif admission == "probe":
                 limit = min(limit, 1)
-                reasons.append(f"the {service} circuit breaker admits one probe")
+                causes.append(f"{service} probe")
+                details.append(f"the {service} circuit breaker admits one probe")
             if machine is not None:
                 # Queue depth is left out (0): holding workers back would only deepen it.
                 exceeded = breaker.check_resources(machine.cpu_percent, machine.memory_percent, 0)
                 if exceeded:
                     limit = min(limit, current)
-                    reasons.append(f"{service} thresholds: {'; '.join(exceeded)}")
-        reason = f"held back: {', '.join(reasons)}" if reasons else None
-        if reason != self._held_back.get(job_type):
-            if reason is None:
+                    causes.append(f"{service} thresholds")
+                    details.append(
+                        f"no new workers while the machine is above the {service} thresholds "
+                        f"({'; '.join(exceeded)})"
+                    )
+        key = ", ".join(causes) or None
+        if key != self._held_back_causes.get(job_type):
+            if key is None:
+                self._held_back_causes.pop(job_type, None)
                 self._held_back.pop(job_type, None)
-                logger.info("job type %s runs again: its services admit calls", job_type)
+                logger.info("job type %s runs normally again: its services admit calls", job_type)
             else:
-                self._held_back[job_type] = reason
-                logger.warning("job type %s %s", job_type, reason)
+                self._held_back_causes[job_type] = key
+                logger.warning("job type %s held back: %s", job_type, "; ".join(details))
+        if key is not None:
+            self._held_back[job_type] = f"held back: {'; '.join(details)}"
         return limit
 
     def _write_snapshot(self, *, final: bool = False) -> None:

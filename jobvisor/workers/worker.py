@@ -166,6 +166,15 @@ class Worker:
             return self.max_jobs is None or self.jobs_done < self.max_jobs
         return self._wait_for_work()
 
+    def _service_outage(self, services: Sequence[str]) -> float | None:
+        """Return seconds until a probe if a breaker of ``services`` is not closed, else None."""
+        waits = []
+        for service in services:
+            breaker = self.app.breakers.get(service)
+            if breaker.admission() != "all":
+                waits.append(max(BREAKER_WAIT_S, breaker.config.reset_timeout_s))
+        return min(waits) if waits else None
+
     def _claimable_types(self) -> list[str]:
         """Return the worker's types whose services' breakers admit calls (or a probe)."""
         registry = self.app.breakers
@@ -308,13 +317,21 @@ class Worker:
             logger.debug("job %d (%s) completed in %.3f s", job.id, job.type, elapsed)
             return return_value
 
-        if refused is not None:
-            # The job did not fail: a service refused it. It waits until the breaker admits
-            # a probe, and the attempt does not count.
-            delay = max(BREAKER_WAIT_S, refused.retry_after_s or 0.0)
+        outage = self._service_outage(spec.services)
+        if refused is not None or outage is not None:
+            # The job did not fail on its own: a service refused it, or it failed while a
+            # service it calls is down (its breaker is no longer closed, for example after
+            # this job's failed probe). It waits for the breaker, and the attempt does not
+            # count, so an outage cannot use up a job's retries.
+            if refused is not None:
+                delay = max(BREAKER_WAIT_S, refused.retry_after_s or 0.0)
+            else:
+                assert outage is not None
+                delay = outage
+            reason = f"postponed by {delay:.1f} s while a service is unavailable: {error}"
             self._held.discard(job.id)
-            if self._store.postpone(job.id, self.worker_id, delay):
-                logger.info("job %d (%s) postponed by %.1f s: %s", job.id, job.type, delay, refused)
+            if self._store.postpone(job.id, self.worker_id, delay, reason):
+                logger.info("job %d (%s) %s", job.id, job.type, reason)
             else:
                 logger.warning("job %d (%s) could not be postponed, its lease was lost", job.id, job.type)
             return None

@@ -1,4 +1,4 @@
-"""One job type, ``ai``, that calls the "openai" service through ``ctx.http``.
+"""Job types ``ai`` and ``ai-fragile`` (one retry) that call "openai" through ``ctx.http``.
 
 The service is a local test server at ``$FLAKY_URL``. The breaker of "openai" resets after
 3 s here, so that tests need not wait the default 120 s.
@@ -24,6 +24,10 @@ def register(app: App) -> App:
             retries=RetryPolicy(total=0),
         )  # fmt: skip
         return client.get(f"/complete?job={ctx.job_id}").json()
+
+    @app.job("ai-fragile", services=["openai"], concurrency=2, max_retries=1, timeout=60)
+    def ai_fragile(ctx: JobContext, data: Any) -> Any:
+        return ai(ctx, data)
 
     return app
 
