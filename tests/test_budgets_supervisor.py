@@ -104,3 +104,20 @@ def test_short_jobs_held_to_cpu_budget(supervisors, make_app, db):
     # 2.4 s of CPU at 20 % of one core needs 12 s; the first second's allowance and the
     # check interval let the jobs run somewhat ahead, so the bound is 30 %, or 8 s.
     assert wall >= 2.4 / 0.30, f"6 jobs of 0.4 s CPU each with a 20 % budget took only {wall:.1f} s"
+
+
+def test_workers_recycled_after_max_jobs(supervisors, make_app, db):
+    app = budgets.register(make_app())
+    jobs = app.enqueue_many([{"job_type": "steady", "data": {"seconds": 0.05}} for _ in range(12)])
+    supervisor = supervisors.start(
+        "budgets", exit_when_idle=True, env={"JOBVISOR_MAX_JOBS_PER_WORKER": "3"}
+    )
+
+    assert supervisor.wait_exit(60) == 0, supervisor.log_tail()
+    assert {row["status"] for row in job_rows(db, jobs)} == {"completed"}
+    runs_by_pid: dict[int, int] = {}
+    for row in runs(db):
+        runs_by_pid[row["pid"]] = runs_by_pid.get(row["pid"], 0) + 1
+    assert max(runs_by_pid.values()) <= 3, runs_by_pid
+    assert len(runs_by_pid) >= 4, runs_by_pid
+    assert "died" not in supervisor.log()
