@@ -1,0 +1,1 @@
+"""Entry points of the worker processes that the bench starts for the compared systems."""
