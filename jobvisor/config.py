@@ -104,7 +104,7 @@ class Settings:
     crash_loop_window_s: float = 60.0
     crash_pause_s: float = 300.0
     # Jobs a worker takes per claim double while jobs are short (below short_job_s each), up
-    # to claim_batch_max and to what the worker runs in about claim_batch_s; they fall back
+    # to claim_batch_max and to what the worker runs in about claim_batch_s. They fall back
     # to one when jobs are not short. Claimed jobs wait in the worker, so claim_batch_s
     # bounds how long a job that arrives later waits for a busy worker.
     claim_batch_max: int = 500
@@ -127,7 +127,7 @@ class Settings:
     # Highest limit the manager may set; 0 means 4 workers per CPU, and never below
     # max_concurrent_jobs.
     concurrency_ceiling: int = 0
-    # The limit changes at most once per this many seconds.
+    # The concurrency manager changes the limit at most once per this many seconds.
     concurrency_cooldown_s: float = 15.0
     # A worker whose private memory exceeds its job type's budget is recycled after its job,
     # and killed at once above memory_hard_factor times the budget.

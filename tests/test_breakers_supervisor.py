@@ -116,7 +116,7 @@ def test_open_breaker_holds_jobs_then_probe_closes(service, supervisors, databas
     assert [status for _, status in service.arrivals[:4]] == [500, 500, 500, 200]
     # While open, nothing reached the service for the 3 s reset timeout.
     assert times[3] - times[2] >= 3.0 - 0.2, service.arrivals
-    # The probe was alone: no request arrived while its answer took 1 s.
+    # The probe was alone: no request arrived during its 1 s response.
     assert all(at >= times[3] + 1.0 for at in times[4:]), service.arrivals
     assert len(service.arrivals) == 13  # 3 failures, then one call per job
     log = supervisor.log()

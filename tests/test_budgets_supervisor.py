@@ -101,7 +101,7 @@ def test_short_jobs_held_to_cpu_budget(supervisors, make_app, db):
     assert {row["status"] for row in job_rows(db, jobs)} == {"completed"}
     spans = runs(db)
     wall = (max(r["finished_at"] for r in spans) - min(r["started_at"] for r in spans)).total_seconds()
-    # 2.4 s of CPU at 20 % of one core needs 12 s; the first second's allowance and the
+    # 2.4 s of CPU at 20 % of one core needs 12 s. The first second's allowance and the
     # check interval let the jobs run somewhat ahead, so the bound is 30 %, or 8 s.
     assert wall >= 2.4 / 0.30, f"6 jobs of 0.4 s CPU each with a 20 % budget took only {wall:.1f} s"
 

@@ -86,7 +86,7 @@ def test_user_limit_holds_at_every_instant(supervisors, make_app, db, nodes):
     assert sum(len(items) for items in spans.values()) == len(job_ids)
     for user, items in spans.items():
         assert max_overlap(items) <= 2, f"user {user} had {max_overlap(items)} jobs running at once"
-    # With 8 workers and 3 users, each user does reach the limit; a test that never ran two
+    # With 8 workers and 3 users, each user does reach the limit. A test that never ran two
     # jobs of a user at once would prove nothing.
     assert any(max_overlap(items) == 2 for items in spans.values()), {
         user: max_overlap(items) for user, items in spans.items()

@@ -3,7 +3,7 @@
 Memory is in MB (2**20 bytes). CPU is in percent of one core, so 150 means one and a half
 cores. The supervisor reserves each worker's share in one ``ResourceBudget`` for the node
 and checks each worker's memory with ``MemoryGuard``. ``jobvisor.supervisor.throttle``
-holds each running job to its CPU requirement.
+limits each running job to its CPU requirement.
 """
 
 from __future__ import annotations

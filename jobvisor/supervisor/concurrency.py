@@ -25,7 +25,7 @@ again. So the manager damps them:
   growth of the queue. All inputs are smoothed over the last 30 samples. The level changes
   only when the estimate leaves the range that rounds up to the current level by more than
   half a worker, so noise does not move it. The level is unknown until some job has finished
-  and given a service time; after that the last known service time stands in while no job
+  and given a service time. After that the last known service time is used while no job
   finishes.
 * While the level is known, the recommendation of rules 3 to 6 is kept within ``band`` of
   it, except that ``queue-high`` may go above it: more than 20 jobs waiting while CPU and

@@ -562,7 +562,7 @@ class Supervisor:
     def _allocate(self, store: JobStore) -> None:
         capacity = self.concurrency.limit
         if self.settings.max_connections:
-            # The supervisor holds one connection and each worker one.
+            # The supervisor uses one connection and each worker one.
             capacity = min(capacity, self.settings.max_connections - 1)
         backlog = store.pending_summary(self.types, cap=capacity)
         if self.exit_when_idle and self._check_idle(store, backlog):
@@ -607,8 +607,8 @@ class Supervisor:
     def _service_limit(self, job_type: str, current: int) -> int:
         """Return how many workers ``job_type`` may have given its services' breakers.
 
-        An open breaker allows none, so the type's jobs stay pending; one past its reset
-        timeout, or half-open, allows one worker, whose next call is the probe. Machine CPU
+        An open breaker allows none, so the type's jobs stay pending. A breaker past its
+        reset timeout, or half-open, allows one worker, whose next call is the probe. Machine CPU
         or memory above a service's thresholds allows no new worker. A change of these
         conditions is logged once, and the stop reason of retired workers names it.
         """

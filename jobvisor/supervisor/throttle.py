@@ -281,9 +281,9 @@ class SignalThrottler:
         check_amount("window_s", window_s, positive=True)
         self.period_s = period_s
         self.window_s = window_s
-        # Asked right before each SIGSTOP; False leaves the worker running until the next
-        # check. The supervisor answers from the worker's own slot in shared memory, which
-        # is fresher than what set_active() was last told.
+        # Called right before each SIGSTOP. False leaves the worker running until the next
+        # check. The supervisor reads the worker's own slot in shared memory, which is
+        # fresher than the state last passed to set_active().
         self.may_pause = may_pause
         self._tracked: dict[int, _Throttled] = {}
 

@@ -49,8 +49,8 @@ class CompletionWindow:
         self._latency = np.zeros(capacity)
         self._processing = np.zeros(capacity)
         self._next = 0
-        # Counts per whole second, indexed by second % buckets; _bucket_second tells which
-        # second a bucket holds so stale buckets read as empty.
+        # Counts per whole second, indexed by second % buckets. _bucket_second records which
+        # second a bucket counts, so stale buckets read as empty.
         self._buckets = int(math.ceil(window_s)) + 1
         self._bucket_second = np.full(self._buckets, -1, dtype=np.int64)
         self._bucket_finished = np.zeros(self._buckets, dtype=np.int64)

@@ -20,9 +20,9 @@ from typing import Any
 
 import psutil
 
-# Settings for every supervisor under test: 4 jobs at once (a fixed limit unless a test
-# turns adaptive concurrency on), a 3 s lease (renewed every 1 s), a 20 s drain timeout and
-# idle workers polling every 1000 ms besides LISTEN/NOTIFY.
+# Settings for every supervisor under test: 4 jobs at once, a fixed limit unless a test
+# turns adaptive concurrency on. Leases last 3 s (renewed every 1 s), the drain timeout is
+# 20 s, and idle workers poll every 1000 ms besides LISTEN/NOTIFY.
 SUPERVISOR_ENV = {
     "MAX_CONCURRENT_JOBS": "4",
     "JOBVISOR_ADAPTIVE_CONCURRENCY": "0",
